@@ -1,0 +1,44 @@
+# The README's two commands are the contract: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+$(VENV)/.installed-base: $(PY) pyproject.toml
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(PY) pyproject.toml
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+$(VENV)/.installed-bench: $(PY) pyproject.toml
+	$(PIP) install -e '.[bench]'
+	@touch $@
+
+run: $(VENV)/.installed-base
+	@if $(VENV)/bin/otrace serve --help >/dev/null 2>&1; then \
+		exec $(VENV)/bin/otrace serve; \
+	else \
+		echo "otrace is installed in $(VENV), but 'otrace serve' (the OTLP collector node) is not built yet."; \
+		echo "Try '$(VENV)/bin/otrace --help' for what exists today, or 'make bench' for the ORAM benchmark."; \
+	fi
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(VENV)/bin/otrace bench oram --blocks 65536 --block-size 4096 --accesses 2000 --batch 64 --cache-levels 6
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""OTLP receivers, ingest pipeline and cluster leadership (see docs/ARCHITECTURE.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,40 @@
+"""The `otrace` command line: a thin click layer over the library.
+
+Each command loads settings at this edge, calls one library function and lets
+`OTraceError` surface; `main` turns those into readable messages in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from otrace import __version__
+from otrace.errors import OTraceError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="otrace")
+def cli() -> None:
+    """otrace: oblivious, OpenTelemetry-compatible tracing.
+
+    Spans are encrypted inside an (emulated) enclave and stored through a Path
+    ORAM, so the storage sees fixed-size ciphertext and random paths only.
+    Run `otrace COMMAND --help` for each command.
+    """
+
+
+def main() -> None:
+    """Console-script entry point: runs the CLI and renders otrace errors."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OTraceError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

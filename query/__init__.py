@@ -1,0 +1,3 @@
+"""Searchable-encryption index, query executor and query API (see docs/ARCHITECTURE.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Emulated enclave: measurement, sealing, quotes, verification, KMS, boundary."""
+
+__all__: list[str] = []
