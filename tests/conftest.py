@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from oram_store import SqlBucketStore
 
 POSTGRES_URL = os.environ.get("OTRACE_TEST_POSTGRES_URL")
 
@@ -37,3 +39,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.sqlite'}"
+
+
+@pytest.fixture
+def make_store() -> Iterator[Callable[..., SqlBucketStore]]:
+    """Opens SQL bucket stores (of `kind`) and closes them all at teardown."""
+    opened: list[SqlBucketStore] = []
+
+    def make(url: str, kind: type[SqlBucketStore] = SqlBucketStore) -> SqlBucketStore:
+        store = kind(url)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

@@ -1,0 +1,80 @@
+"""ORAM geometry and tuning: one frozen value fixed when a tree is created."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from otrace.errors import ConfigError
+
+__all__ = ["EMPTY_SLOT", "MAX_BLOCKS", "OramParams"]
+
+EMPTY_SLOT = 0xFFFF_FFFF
+MAX_BLOCKS = EMPTY_SLOT  # block ids are u32; the all-ones id marks an empty slot
+_TREE_ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class OramParams:
+    """Geometry of one Path ORAM tree.
+
+    `height` L is ceil(log2(blocks)): 2**L leaves, 2**(L+1) - 1 buckets of
+    `slots` (Z) blocks each, i.e. about 8 slots per logical block. `stash_bound`
+    is the largest stash carried between batches; the persisted stash is always
+    padded to it so the sealed state has one size. `batch_size` is the number of
+    paths every `access_batch` touches (real accesses padded with dummies).
+    """
+
+    tree_id: str
+    blocks: int
+    block_size: int = 4096
+    slots: int = 4
+    stash_bound: int = 100
+    batch_size: int = 1
+    checkpoint_every: int = 64
+
+    def __post_init__(self) -> None:
+        if not _TREE_ID.match(self.tree_id):
+            raise ConfigError(
+                f"tree id {self.tree_id!r} must be 1-32 chars of a-z, 0-9, _ starting with a letter"
+            )
+        if not 2 <= self.blocks <= MAX_BLOCKS:
+            raise ConfigError(f"ORAM capacity must be 2..{MAX_BLOCKS} blocks, got {self.blocks}")
+        if not 16 <= self.block_size <= 1 << 20:
+            raise ConfigError(f"block size must be 16 B..1 MiB, got {self.block_size}")
+        if self.slots < 1:
+            raise ConfigError("buckets need at least one slot")
+        if self.stash_bound < self.slots:
+            raise ConfigError(f"stash bound must be >= {self.slots} (one bucket)")
+        if not 1 <= self.batch_size <= 4096:
+            raise ConfigError(f"batch size must be 1..4096, got {self.batch_size}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every must be >= 1")
+
+    @property
+    def height(self) -> int:
+        return max(1, (self.blocks - 1).bit_length())
+
+    @property
+    def leaves(self) -> int:
+        return 1 << self.height
+
+    @property
+    def buckets(self) -> int:
+        return 2 * self.leaves - 1
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> OramParams:
+        try:
+            fields = json.loads(raw)
+            return cls(**fields)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"stored ORAM parameters are unreadable: {exc}") from exc
+
+    def fingerprint(self) -> bytes:
+        return hashlib.sha256(b"otrace-oram-params\x00" + self.to_json()).digest()

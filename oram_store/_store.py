@@ -1,0 +1,305 @@
+"""Untrusted bucket storage: the `BucketStore` interface and its SQL implementation.
+
+The store holds, per tree, one fixed-size row per bucket `(idx) -> (version, blob)`,
+the sealed client-state records (checkpoints and deltas) and a metadata row.
+It sees ciphertext only and is trusted for nothing: the ORAM verifies every byte
+it reads back.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from otrace.errors import StorageError
+
+__all__ = ["BucketStore", "SqlBucketStore", "StateRecord", "TreeTransaction"]
+
+CHECKPOINT = 1
+DELTA = 2
+_LOAD_CHUNK = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One sealed client-state record as the storage holds it."""
+
+    seq: int
+    kind: int
+    blob: bytes
+
+
+class TreeTransaction(ABC):
+    """Reads and writes of one tree inside one storage transaction."""
+
+    @abstractmethod
+    def read_buckets(self, idxs: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        """Returns `{idx: (version, blob)}` for the rows that exist among `idxs`."""
+
+    @abstractmethod
+    def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Overwrites existing rows in place with `(idx, version, blob)`."""
+
+    @abstractmethod
+    def append_state(self, record: StateRecord) -> None:
+        """Adds a sealed state record; `seq` must be new."""
+
+    @abstractmethod
+    def prune_state(self, before_seq: int) -> None:
+        """Deletes state records older than `before_seq`."""
+
+
+class BucketStore(ABC):
+    """Untrusted storage for Path ORAM trees (see module docstring)."""
+
+    @abstractmethod
+    def create_tree(
+        self,
+        tree_id: str,
+        rows: Iterable[tuple[int, int, bytes]],
+        meta: bytes,
+        first_state: Callable[[], StateRecord],
+    ) -> None:
+        """Stores a new tree's buckets in one streaming pass, then its first state and meta.
+
+        `first_state` is called once every row has been consumed.
+
+        The metadata row is written last, so a tree whose creation was interrupted
+        has no metadata and is reported as incomplete rather than opened.
+        """
+
+    @abstractmethod
+    def load_meta(self, tree_id: str) -> bytes | None:
+        """The tree's metadata, or None when no complete tree of that id exists."""
+
+    @abstractmethod
+    def load_state(self, tree_id: str) -> list[StateRecord]:
+        """The newest checkpoint and every record after it, oldest first."""
+
+    @abstractmethod
+    def transaction(self, tree_id: str) -> AbstractContextManager[TreeTransaction]:
+        """A context manager: one atomic transaction on the tree (commits on success)."""
+
+    @abstractmethod
+    def drop_tree(self, tree_id: str) -> None:
+        """Removes every row of the tree (used by tests and `--reset`)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Releases connections; the store is unusable afterwards."""
+
+
+class _SqlTreeTransaction(TreeTransaction):
+    def __init__(self, store: SqlBucketStore, conn: Connection, tree_id: str) -> None:
+        self._conn = conn
+        self._tree_id = tree_id
+        self._table = store.bucket_table(tree_id)
+        self._state = store.state_table
+        self._select = sa.select(
+            self._table.c.idx, self._table.c.version, self._table.c.blob
+        ).where(self._table.c.idx.in_(sa.bindparam("idxs", expanding=True)))
+
+    @property
+    def connection(self) -> Connection:
+        """The open connection, for callers that must check a guard in the same transaction."""
+        return self._conn
+
+    def read_buckets(self, idxs: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        rows = self._conn.execute(self._select, {"idxs": list(idxs)})
+        return {idx: (version, bytes(blob)) for idx, version, blob in rows}
+
+    def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        table = self._table
+        stmt = (
+            table.update()
+            .where(table.c.idx == sa.bindparam("b_idx"))
+            .values(version=sa.bindparam("b_version"), blob=sa.bindparam("b_blob"))
+        )
+        params = [{"b_idx": i, "b_version": v, "b_blob": b} for i, v, b in rows]
+        result = self._conn.execute(stmt, params)
+        if result.rowcount != len(rows):
+            raise StorageError(
+                f"ORAM tree {self._tree_id!r}: {len(rows) - result.rowcount} bucket rows are "
+                "missing from storage"
+            )
+
+    def append_state(self, record: StateRecord) -> None:
+        self._conn.execute(
+            self._state.insert(),
+            {"tree_id": self._tree_id, "seq": record.seq, "kind": record.kind, "blob": record.blob},
+        )
+
+    def prune_state(self, before_seq: int) -> None:
+        st = self._state
+        self._conn.execute(st.delete().where(st.c.tree_id == self._tree_id, st.c.seq < before_seq))
+
+
+class SqlBucketStore(BucketStore):
+    """`BucketStore` over SQLAlchemy Core: SQLite (WAL) by default, PostgreSQL by URL.
+
+    One table per tree (`oram_<tree>`: idx primary key, version, blob), plus the
+    shared `oram_state` and `oram_meta` tables. On PostgreSQL the blob column uses
+    `STORAGE EXTERNAL` so ciphertext is never run through TOAST compression.
+    """
+
+    def __init__(self, url_or_engine: str | Engine, *, synchronous: str = "FULL") -> None:
+        engine = (
+            sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        )
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect == "sqlite":
+            _configure_sqlite(engine, synchronous)
+        elif self.dialect != "postgresql":
+            raise StorageError(
+                f"unsupported store {self.dialect!r}: use sqlite:// or postgresql+psycopg://"
+            )
+        self._metadata = sa.MetaData()
+        self.state_table = sa.Table(
+            "oram_state",
+            self._metadata,
+            sa.Column("tree_id", sa.String(32), primary_key=True),
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("kind", sa.SmallInteger, nullable=False),
+            sa.Column("blob", sa.LargeBinary, nullable=False),
+        )
+        self.meta_table = sa.Table(
+            "oram_meta",
+            self._metadata,
+            sa.Column("tree_id", sa.String(32), primary_key=True),
+            sa.Column("meta", sa.LargeBinary, nullable=False),
+        )
+        self._buckets: dict[str, sa.Table] = {}
+        try:
+            self._metadata.create_all(engine, tables=[self.state_table, self.meta_table])
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot open store {engine.url!r}: {exc}") from exc
+
+    def bucket_table(self, tree_id: str) -> sa.Table:
+        table = self._buckets.get(tree_id)
+        if table is None:
+            table = sa.Table(
+                f"oram_{tree_id}",
+                self._metadata,
+                sa.Column(
+                    "idx",
+                    sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                    primary_key=True,
+                    autoincrement=False,
+                ),
+                sa.Column("version", sa.BigInteger, nullable=False),
+                sa.Column("blob", sa.LargeBinary, nullable=False),
+            )
+            self._buckets[tree_id] = table
+        return table
+
+    def create_tree(
+        self,
+        tree_id: str,
+        rows: Iterable[tuple[int, int, bytes]],
+        meta: bytes,
+        first_state: Callable[[], StateRecord],
+    ) -> None:
+        if self.load_meta(tree_id) is not None:
+            raise StorageError(f"ORAM tree {tree_id!r} already exists in this store")
+        table = self.bucket_table(tree_id)
+        table.drop(self.engine, checkfirst=True)  # leftovers of an interrupted creation
+        with self.engine.begin() as conn:
+            conn.execute(self.state_table.delete().where(self.state_table.c.tree_id == tree_id))
+        table.create(self.engine)
+        if self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    f'ALTER TABLE "{table.name}" ALTER COLUMN blob SET STORAGE EXTERNAL'
+                )
+        self._bulk_load(table, rows)
+        with self.engine.begin() as conn:
+            _SqlTreeTransaction(self, conn, tree_id).append_state(first_state())
+            conn.execute(self.meta_table.insert(), {"tree_id": tree_id, "meta": meta})
+
+    def _bulk_load(self, table: sa.Table, rows: Iterable[tuple[int, int, bytes]]) -> None:
+        it = iter(rows)
+        if self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                raw: Any = conn.connection.driver_connection
+                with (
+                    raw.cursor() as cur,
+                    cur.copy(f'COPY "{table.name}" (idx, version, blob) FROM STDIN') as copy,
+                ):
+                    for row in it:
+                        copy.write_row(row)
+            return
+        sql = f'INSERT INTO "{table.name}" (idx, version, blob) VALUES (?, ?, ?)'
+        while chunk := list(itertools.islice(it, _LOAD_CHUNK * 16)):
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(sql, chunk)
+
+    def load_meta(self, tree_id: str) -> bytes | None:
+        mt = self.meta_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(mt.c.meta).where(mt.c.tree_id == tree_id)).first()
+        return None if row is None else bytes(row[0])
+
+    def load_state(self, tree_id: str) -> list[StateRecord]:
+        st = self.state_table
+        last_checkpoint = (
+            sa.select(sa.func.max(st.c.seq))
+            .where(st.c.tree_id == tree_id, st.c.kind == CHECKPOINT)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(st.c.seq, st.c.kind, st.c.blob)
+            .where(st.c.tree_id == tree_id, st.c.seq >= sa.func.coalesce(last_checkpoint, 0))
+            .order_by(st.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [StateRecord(seq, kind, bytes(blob)) for seq, kind, blob in conn.execute(query)]
+
+    @contextmanager
+    def transaction(self, tree_id: str) -> Iterator[TreeTransaction]:
+        try:
+            with self.engine.begin() as conn:
+                yield _SqlTreeTransaction(self, conn, tree_id)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc
+
+    def drop_tree(self, tree_id: str) -> None:
+        self.bucket_table(tree_id).drop(self.engine, checkfirst=True)
+        with self.engine.begin() as conn:
+            conn.execute(self.state_table.delete().where(self.state_table.c.tree_id == tree_id))
+            conn.execute(self.meta_table.delete().where(self.meta_table.c.tree_id == tree_id))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    if synchronous not in {"OFF", "NORMAL", "FULL"}:
+        raise StorageError(
+            f"SQLite synchronous mode must be OFF, NORMAL or FULL, not {synchronous!r}"
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Autocommit at the driver level, so `begin` below controls transactions.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA page_size=16384")  # only effective on a new file
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Take the write lock up front: a second writer waits instead of failing
+        # half-way through a read-modify-write of the tree.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,123 @@
+"""Small doubles for ORAM tests: a seeded RNG, an in-memory counter, a tracing store."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from oram_store import (
+    AeadStateSealer,
+    BucketStore,
+    OramParams,
+    PathOram,
+    SqlBucketStore,
+    StateRecord,
+    TreeTransaction,
+)
+
+KEY = bytes(range(32))
+STATE_KEY = bytes(range(32, 64))
+
+
+def seeded_rng(seed: int) -> random.Random:
+    return random.Random(seed)
+
+
+def rng_source(seed: int):  # type: ignore[no-untyped-def]
+    return seeded_rng(seed).randbytes
+
+
+class MemoryCounter:
+    """FreshnessCounter double; the real one lives in tee/ (platform directory)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def current(self) -> int:
+        return self.value
+
+    def advance(self, value: int) -> None:
+        self.value = max(self.value, value)
+
+
+@dataclass
+class Trace:
+    """What the storage observed, transaction by transaction."""
+
+    reads: list[list[int]] = field(default_factory=list)
+    writes: list[list[tuple[int, int, bytes]]] = field(default_factory=list)
+    states: list[StateRecord] = field(default_factory=list)
+
+
+class _TracingTxn(TreeTransaction):
+    def __init__(self, inner: TreeTransaction, trace: Trace) -> None:
+        self._inner, self._trace = inner, trace
+
+    def read_buckets(self, idxs: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        self._trace.reads.append(list(idxs))
+        return self._inner.read_buckets(idxs)
+
+    def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        self._trace.writes.append(list(rows))
+        self._inner.write_buckets(rows)
+
+    def append_state(self, record: StateRecord) -> None:
+        self._trace.states.append(record)
+        self._inner.append_state(record)
+
+    def prune_state(self, before_seq: int) -> None:
+        self._inner.prune_state(before_seq)
+
+
+class TracingStore(SqlBucketStore):
+    """A real SQL store that also records every bucket index read and row written."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.trace = Trace()
+
+    @contextmanager
+    def transaction(self, tree_id: str) -> Iterator[TreeTransaction]:
+        with super().transaction(tree_id) as txn:
+            yield _TracingTxn(txn, self.trace)
+
+
+def new_oram(
+    store: BucketStore,
+    *,
+    blocks: int = 64,
+    block_size: int = 64,
+    batch_size: int = 1,
+    cache_levels: int = 2,
+    seed: int | None = 1,
+    counter: MemoryCounter | None = None,
+    **params: int,
+) -> PathOram:
+    return PathOram.create(
+        store,
+        OramParams("t", blocks=blocks, block_size=block_size, batch_size=batch_size, **params),
+        key=KEY,
+        sealer=AeadStateSealer(STATE_KEY),
+        counter=counter,
+        cache_levels=cache_levels,
+        rng=None if seed is None else rng_source(seed),
+    )
+
+
+def reopen(
+    oram: PathOram, *, cache_levels: int = 2, counter: MemoryCounter | None = None
+) -> PathOram:
+    return PathOram.open(
+        oram.store,
+        oram.params.tree_id,
+        key=KEY,
+        sealer=AeadStateSealer(STATE_KEY),
+        counter=counter,
+        cache_levels=cache_levels,
+    )
+
+
+def block(tag: int, size: int = 64) -> bytes:
+    return tag.to_bytes(8, "little") * (size // 8)
