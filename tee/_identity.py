@@ -23,12 +23,16 @@ from otrace.errors import ConfigError
 from tee._encoding import encode_canonical
 
 __all__ = [
+    "SECURITY_VERSION",
     "TRUSTED_PACKAGES",
     "EnclaveIdentity",
     "measure_code",
     "signer_id",
     "trusted_package_roots",
 ]
+
+#: This build's security version; raise it when a fix must lock out older enclaves.
+SECURITY_VERSION = 1
 
 #: The packages whose code runs inside the enclave and is therefore measured.
 TRUSTED_PACKAGES: tuple[str, ...] = ("tee", "oram_store", "query", "collector")
