@@ -7,6 +7,7 @@ protocol are those of a real TEE, so the rest of otrace is written against them.
 
 from tee._channel import AttestedChannel, ChannelKey, EnclaveHello, accept_enclave, open_channel
 from tee._counter import FreshnessCounter, MonotonicCounter
+from tee._enclave import AuditHook, Ecall, EcallTable, Enclave
 from tee._identity import (
     SECURITY_VERSION,
     TRUSTED_PACKAGES,
@@ -40,7 +41,11 @@ __all__ = [
     "SECURITY_VERSION",
     "TRUSTED_PACKAGES",
     "AttestedChannel",
+    "AuditHook",
     "ChannelKey",
+    "Ecall",
+    "EcallTable",
+    "Enclave",
     "EnclaveHello",
     "EnclaveIdentity",
     "FreshnessCounter",
