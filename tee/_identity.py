@@ -72,7 +72,11 @@ def trusted_package_roots(packages: Iterable[str] = TRUSTED_PACKAGES) -> list[Pa
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             continue
-        roots.extend(Path(location) for location in spec.submodule_search_locations)
+        for location in spec.submodule_search_locations:
+            # Namespace packages may list a directory twice, or an import-hook pseudo-path.
+            path = Path(location).resolve()
+            if path.is_dir() and path not in roots:
+                roots.append(path)
     return roots
 
 
