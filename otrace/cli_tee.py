@@ -106,6 +106,11 @@ def _hex(value: str, what: str, size: int) -> bytes:
     "--allow-simulated", is_flag=True, help="Accept simulated quotes (all quotes here are)."
 )
 @kms_endpoint_option
+@click.option(
+    "--kms-key",
+    envvar="OTRACE_KMS_KEY",
+    help="The KMS's public key (hex, printed by `otrace kms serve`) to pin. Env: OTRACE_KMS_KEY.",
+)
 def attest(
     platform_dir: Path,
     as_json: bool,
@@ -116,6 +121,7 @@ def attest(
     platform_keys: tuple[str, ...],
     allow_simulated: bool,
     kms_target: str | None,
+    kms_key: str | None,
 ) -> None:
     """Print this build's measurement, signer and security version; produce or verify quotes.
 
@@ -142,7 +148,9 @@ def attest(
         _print_verdict(verifier, verify_quote.read_bytes(), challenge, as_json)
         return
     if kms_target is not None:
-        with KmsClient.connect(kms_target) as client:
+        if kms_key is None:
+            raise click.UsageError("--kms needs --kms-key (the key `otrace kms serve` printed)")
+        with KmsClient.connect(kms_target, kms_key=_hex(kms_key, "--kms-key", 32)) as client:
             client.obtain_secrets(platform, identity, ())
         click.echo(f"KMS at {kms_target} accepted this enclave ({identity.measurement.hex()})")
         return
@@ -213,7 +221,7 @@ def kms_serve(listen: str, state_dir: Path, platform_dir: Path) -> None:
     service = Kms(state_dir.expanduser(), platform, _this_build(platform))
     server = serve_kms(service, listen)
     host = listen.rpartition(":")[0]
-    click.echo(f"KMS listening on {host}:{server.port}")
+    click.echo(f"KMS listening on {host}:{server.port} key {service.public_key.hex()}")
     sys.stdout.flush()
 
     def stop(signum: int, frame: FrameType | None) -> None:

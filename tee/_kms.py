@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from otrace.errors import IntegrityError, PolicyError, RollbackError
 from tee._channel import ChannelKey, accept_enclave
 from tee._counter import MonotonicCounter
@@ -39,10 +42,11 @@ from tee._policy import SignedPolicy, check_secret_name
 from tee._sealing import Sealer, SealPolicy
 from tee._verifier import NonceRegistry
 
-__all__ = ["Kms", "ReleaseRequest", "ReleaseResponse", "names_context"]
+__all__ = ["Kms", "ReleaseRequest", "ReleaseResponse", "names_context", "release_transcript"]
 
 _STATE_FILE = "kms.state"
 _STATE_CONTEXT = b"otrace/tee/v1/kms-state"
+_RELEASE_LABEL = b"otrace/tee/v1/kms-release\x00"
 _STATE_KEYS = frozenset({"generation", "policy", "owner", "signature", "secrets"})
 
 
@@ -58,10 +62,12 @@ class ReleaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseResponse:
-    """The KMS's channel public key and the sealed record holding the secrets."""
+    """The KMS's channel public key, the record holding the secrets, and the KMS's
+    signature over the handshake (so an enclave that pinned the KMS key knows who answered)."""
 
     public_key: bytes
     record: bytes
+    signature: bytes
 
 
 def names_context(names: tuple[str, ...]) -> bytes:
@@ -69,10 +75,25 @@ def names_context(names: tuple[str, ...]) -> bytes:
     return encode_canonical(["otrace/tee/v1/kms-release", sorted(set(names))])
 
 
+def release_transcript(request: ReleaseRequest, kms_public: bytes) -> bytes:
+    """What the KMS signs in a release: the enclave's evidence, its own key and the names."""
+    fields = [request.quote, request.public_key, request.nonce, kms_public]
+    return _RELEASE_LABEL + encode_canonical([*fields, names_context(request.names)])
+
+
 class Kms:
     """The KMS. `state_dir` is private to it; `identity` is the KMS's own enclave identity."""
 
-    __slots__ = ("_counter", "_lock", "_nonces", "_path", "_policy", "_sealer", "_secrets")
+    __slots__ = (
+        "_counter",
+        "_lock",
+        "_nonces",
+        "_path",
+        "_policy",
+        "_sealer",
+        "_secrets",
+        "_signing_key",
+    )
 
     def __init__(
         self,
@@ -85,6 +106,9 @@ class Kms:
     ) -> None:
         self._path = ensure_private_dir(state_dir) / _STATE_FILE
         self._sealer = Sealer.for_enclave(platform, identity, SealPolicy.SIGNER)
+        # Like the sealing key: only this KMS's signer on this platform can derive it.
+        seed = platform.derive_key(b"kms/signing/" + identity.signer)
+        self._signing_key = Ed25519PrivateKey.from_private_bytes(seed)
         # One counter per state directory, so several KMSs may share a platform.
         where = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:32]
         self._counter = MonotonicCounter(platform, f"kms-{where}")
@@ -96,6 +120,11 @@ class Kms:
 
     def __repr__(self) -> str:
         return f"Kms(state={self._path}, secrets={sorted(self._secrets)})"
+
+    @property
+    def public_key(self) -> bytes:
+        """The KMS's Ed25519 key; enclaves pin it (`KmsClient(..., kms_key=...)`)."""
+        return self._signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def challenge(self) -> bytes:
         """A fresh single-use nonce for the next `release`."""
@@ -139,7 +168,8 @@ class Kms:
             verified.public_key, verified.quote, verified.nonce, names_context(names), key=key
         )
         payload = encode_canonical({name: secrets[name] for name in names})
-        return ReleaseResponse(own_public, channel.seal(payload))
+        signature = self._signing_key.sign(release_transcript(request, own_public))
+        return ReleaseResponse(own_public, channel.seal(payload), signature)
 
     def _load(self) -> None:
         data = read_private_file(self._path)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from types import TracebackType
 
-from otrace.errors import ChannelError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from otrace.errors import AttestationError, ChannelError, ConfigError
 from tee._channel import ChannelKey, open_channel
 from tee._encoding import decode_canonical, expect_bytes
 from tee._identity import EnclaveIdentity
-from tee._kms import Kms, names_context
+from tee._kms import Kms, ReleaseRequest, names_context, release_transcript
 from tee._kms_service import (
     GrpcKmsTransport,
     KmsTransport,
@@ -18,6 +21,7 @@ from tee._kms_service import (
     decode_release_response,
     encode_message,
     policy_fields,
+    release_fields,
 )
 from tee._platform import Platform
 from tee._policy import SignedPolicy, check_secret_name
@@ -26,20 +30,28 @@ __all__ = ["KmsClient"]
 
 
 class KmsClient:
-    """Speaks the KMS protocol over a `KmsTransport`: `local(kms)` or `connect("host:port")`."""
+    """Speaks the KMS protocol over a `KmsTransport`: `local(kms)` or `connect("host:port")`.
 
-    def __init__(self, transport: KmsTransport) -> None:
+    `kms_key` pins the KMS's Ed25519 key; `obtain_secrets` needs it, so an
+    enclave never accepts keys from a party that is not its KMS. Policy
+    administration does not (policies carry owner signatures).
+    """
+
+    def __init__(self, transport: KmsTransport, *, kms_key: bytes | None = None) -> None:
         self._transport = transport
+        self._kms_key = None if kms_key is None else _load_kms_key(kms_key)
 
     @classmethod
     def local(cls, kms: Kms) -> KmsClient:
-        """A client of an embedded, in-process KMS."""
-        return cls(LocalKmsTransport(kms))
+        """A client of an embedded, in-process KMS (its key is pinned directly)."""
+        return cls(LocalKmsTransport(kms), kms_key=kms.public_key)
 
     @classmethod
-    def connect(cls, target: str, *, timeout: float = 10.0) -> KmsClient:
+    def connect(
+        cls, target: str, *, kms_key: bytes | None = None, timeout: float = 10.0
+    ) -> KmsClient:
         """A client of a KMS served over gRPC at `target` (`host:port`)."""
-        return cls(GrpcKmsTransport(target, timeout=timeout))
+        return cls(GrpcKmsTransport(target, timeout=timeout), kms_key=kms_key)
 
     def __enter__(self) -> KmsClient:
         return self
@@ -65,17 +77,21 @@ class KmsClient:
         Runs inside the enclave: the quote binds a fresh channel key to the KMS's
         nonce, and the secrets arrive as one record of the attested channel.
         """
+        if self._kms_key is None:
+            raise ConfigError("pin the KMS public key (kms_key) before asking it for secrets")
         wanted = tuple(sorted({check_secret_name(name) for name in names}))
         challenge = self._transport.call("Challenge", encode_message({}))
         nonce = decode_message(challenge, frozenset({"nonce"}), "Challenge response")["nonce"]
         hello = open_channel(platform, identity, expect_bytes(nonce, "nonce"), key=key)
-        request = {
-            "quote": hello.quote,
-            "public_key": hello.public_key,
-            "nonce": nonce,
-            "names": list(wanted),
-        }
-        response = decode_release_response(self._transport.call("Release", encode_message(request)))
+        request = ReleaseRequest(hello.quote, hello.public_key, nonce, wanted)
+        raw = self._transport.call("Release", encode_message(release_fields(request)))
+        response = decode_release_response(raw)
+        try:
+            self._kms_key.verify(
+                response.signature, release_transcript(request, response.public_key)
+            )
+        except InvalidSignature:
+            raise AttestationError("KMS answer is not signed by the pinned KMS key") from None
         channel = hello.finish(response.public_key, nonce, names_context(wanted))
         return _secrets_from(channel.open(response.record), wanted)
 
@@ -95,6 +111,12 @@ class KmsClient:
         """Install a signed policy update; returns the new policy hash."""
         raw = self._transport.call("SetPolicy", encode_message(policy_fields(update)))
         return bytes(decode_message(raw, frozenset({"digest"}), "SetPolicy response")["digest"])
+
+
+def _load_kms_key(raw: bytes) -> Ed25519PublicKey:
+    if len(raw) != 32:
+        raise ConfigError("a KMS key is a raw 32-byte Ed25519 public key")
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def _secrets_from(plaintext: bytes, wanted: tuple[str, ...]) -> dict[str, bytes]:

@@ -6,7 +6,8 @@ handlers with identity (de)serialisers). Every message is a canonical CBOR map:
 | method | request | response |
 |---|---|---|
 | `Challenge` | `{}` | `{nonce}` |
-| `Release` | `{quote, public_key, nonce, names}` | `{public_key, record}` |
+| `Release` | `{quote, public_key, nonce, names}` | `{public_key, record, signature}` |
+| `KmsKey` | `{}` | `{public_key}` (for display; enclaves pin it, never fetch it) |
 | `GetPolicy` | `{}` | `{policy, owner, signature}` or `{}` before the first policy |
 | `SetPolicy` | `{policy, owner, signature}` | `{digest}` |
 
@@ -70,37 +71,70 @@ def decode_message(data: bytes, keys: frozenset[str], what: str) -> dict[str, An
         raise InvalidRequest(f"malformed KMS {what}: {exc}") from None
 
 
+def release_fields(request: ReleaseRequest) -> dict[str, Any]:
+    return {
+        "quote": request.quote,
+        "public_key": request.public_key,
+        "nonce": request.nonce,
+        "names": list(request.names),
+    }
+
+
 def policy_fields(signed: SignedPolicy) -> dict[str, Any]:
     return {"policy": signed.policy, "owner": signed.owner, "signature": signed.signature}
 
 
 def handlers(kms: Kms) -> dict[str, Callable[[bytes], bytes]]:
     """The byte-level KMS methods, shared by the local and the gRPC transport."""
+    methods = _KmsMethods(kms)
+    return {
+        "Challenge": methods.challenge,
+        "Release": methods.release,
+        "GetPolicy": methods.get_policy,
+        "SetPolicy": methods.set_policy,
+        "KmsKey": methods.kms_key,
+    }
 
-    def challenge(request: bytes) -> bytes:
+
+class _KmsMethods:
+    """Decode a request, call the KMS, encode the answer; malformed input is `InvalidRequest`."""
+
+    def __init__(self, kms: Kms) -> None:
+        self._kms = kms
+
+    def challenge(self, request: bytes) -> bytes:
         decode_message(request, frozenset(), "Challenge request")
-        return encode_message({"nonce": kms.challenge()})
+        return encode_message({"nonce": self._kms.challenge()})
 
-    def release(request: bytes) -> bytes:
+    def kms_key(self, request: bytes) -> bytes:
+        decode_message(request, frozenset(), "KmsKey request")
+        return encode_message({"public_key": self._kms.public_key})
+
+    def release(self, request: bytes) -> bytes:
         fields = decode_message(request, _RELEASE_FIELDS, "Release request")
         names = fields["names"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise InvalidRequest("malformed KMS Release request: names must be strings")
         try:
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("names must be a list of strings")
             quote, public_key, nonce = (
                 expect_bytes(fields[key], key) for key in ("quote", "public_key", "nonce")
             )
         except ValueError as exc:
             raise InvalidRequest(f"malformed KMS Release request: {exc}") from None
-        response = kms.release(ReleaseRequest(quote, public_key, nonce, tuple(names)))
-        return encode_message({"public_key": response.public_key, "record": response.record})
+        response = self._kms.release(ReleaseRequest(quote, public_key, nonce, tuple(names)))
+        answer = {
+            "public_key": response.public_key,
+            "record": response.record,
+            "signature": response.signature,
+        }
+        return encode_message(answer)
 
-    def get_policy(request: bytes) -> bytes:
+    def get_policy(self, request: bytes) -> bytes:
         decode_message(request, frozenset(), "GetPolicy request")
-        current = kms.policy()
+        current = self._kms.policy()
         return encode_message({} if current is None else policy_fields(current))
 
-    def set_policy(request: bytes) -> bytes:
+    def set_policy(self, request: bytes) -> bytes:
         fields = decode_message(request, _POLICY_FIELDS, "SetPolicy request")
         try:
             signed = SignedPolicy(
@@ -108,25 +142,20 @@ def handlers(kms: Kms) -> dict[str, Callable[[bytes], bytes]]:
             )
         except ValueError as exc:
             raise InvalidRequest(f"malformed KMS SetPolicy request: {exc}") from None
-        return encode_message({"digest": kms.set_policy(signed)})
-
-    return {
-        "Challenge": challenge,
-        "Release": release,
-        "GetPolicy": get_policy,
-        "SetPolicy": set_policy,
-    }
+        return encode_message({"digest": self._kms.set_policy(signed)})
 
 
 _RELEASE_FIELDS = frozenset({"quote", "public_key", "nonce", "names"})
 
 
 def decode_release_response(data: bytes) -> ReleaseResponse:
-    fields = decode_message(data, frozenset({"public_key", "record"}), "Release response")
+    keys = frozenset({"public_key", "record", "signature"})
+    fields = decode_message(data, keys, "Release response")
     try:
         return ReleaseResponse(
             expect_bytes(fields["public_key"], "public_key", 32),
             expect_bytes(fields["record"], "record"),
+            expect_bytes(fields["signature"], "signature", 64),
         )
     except ValueError as exc:
         raise InvalidRequest(f"malformed KMS Release response: {exc}") from None

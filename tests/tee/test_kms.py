@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from otrace.errors import (
     AttestationError,
     ChannelError,
+    ConfigError,
     IntegrityError,
     InvalidRequest,
     PolicyError,
@@ -89,7 +90,7 @@ def deployment(platform: Platform, identity: EnclaveIdentity, tmp_path: Path, cl
 def remote(deployment: Deployment) -> Iterator[Deployment]:
     """The same KMS behind a real gRPC server on port 0 and a real gRPC client."""
     server = serve_kms(deployment.kms, "127.0.0.1:0")
-    client = KmsClient.connect(f"127.0.0.1:{server.port}")
+    client = KmsClient.connect(f"127.0.0.1:{server.port}", kms_key=deployment.kms.public_key)
     try:
         yield replace(deployment, client=client)
     finally:
@@ -266,6 +267,20 @@ def test_valid_update_changes_what_is_released(kms: Deployment) -> None:
         kms.obtain(kms.good, ("oram_key",))
     current = kms.client.policy()
     assert current is not None and current.parsed() == narrower
+
+
+def test_answer_from_another_kms_is_refused(kms: Deployment, tmp_path: Path) -> None:
+    impostor = Ed25519PrivateKey.generate()
+    pinned_wrong = KmsClient(kms.client._transport, kms_key=_public(impostor))
+    with pytest.raises(AttestationError, match=r"^KMS answer is not signed by the pinned KMS key$"):
+        pinned_wrong.obtain_secrets(kms.platform, kms.good, ("oram_key",))
+    kms.still_serving()
+
+
+def test_secrets_need_a_pinned_kms_key(kms: Deployment) -> None:
+    unpinned = KmsClient(kms.client._transport)
+    with pytest.raises(ConfigError, match=r"^pin the KMS public key"):
+        unpinned.obtain_secrets(kms.platform, kms.good, ("oram_key",))
 
 
 def test_unknown_secret_name_is_refused(kms: Deployment) -> None:

@@ -47,7 +47,8 @@ def kms_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line.startswith("KMS listening on 127.0.0.1:"), line
-        yield line.split()[-1], platform_dir, base
+        words = line.split()
+        yield words[3], platform_dir, base, bytes.fromhex(words[5])
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -63,7 +64,7 @@ def _cli(*args: str) -> str:
 
 
 def test_policy_set_show_and_release_across_processes(kms_process) -> None:
-    target, platform_dir, base = kms_process
+    target, platform_dir, base, kms_key = kms_process
     platform = Platform.open(platform_dir)
     this_build = platform.identity(measure_code(), SECURITY_VERSION)
     policy = {
@@ -82,12 +83,13 @@ def test_policy_set_show_and_release_across_processes(kms_process) -> None:
     shown = json.loads(_cli("kms", "policy", "show", "--kms", target))
     assert shown["policy"]["rules"][0]["measurement"] == this_build.measurement.hex()
 
-    with KmsClient.connect(target) as client:
+    with KmsClient.connect(target, kms_key=kms_key) as client:
         secrets = client.obtain_secrets(platform, this_build, ["oram_key", "state_key"])
         assert sorted(secrets) == ["oram_key", "state_key"]
         with pytest.raises(PolicyError, match=r"^the policy does not release index_key to enclave"):
             client.obtain_secrets(platform, this_build, ["index_key"])
-    assert _cli("attest", "--platform-dir", str(platform_dir), "--kms", target).startswith(
+    attest = ("attest", "--platform-dir", str(platform_dir), "--kms", target)
+    assert _cli(*attest, "--kms-key", kms_key.hex()).startswith(
         f"KMS at {target} accepted this enclave"
     )
 
@@ -105,14 +107,14 @@ def test_policy_set_show_and_release_across_processes(kms_process) -> None:
             owner_key,
         )
     # ... and it keeps serving.
-    with KmsClient.connect(target) as client:
+    with KmsClient.connect(target, kms_key=kms_key) as client:
         assert client.obtain_secrets(platform, this_build, ["oram_key"]) == {
             "oram_key": secrets["oram_key"]
         }
 
 
 def test_one_changed_byte_of_enclave_code_is_refused(kms_process, tmp_path: Path) -> None:
-    target, platform_dir, _ = kms_process
+    target, platform_dir, _, kms_key = kms_process
     platform = Platform.open(platform_dir)
     copies = []
     for root in trusted_package_roots():
@@ -127,7 +129,7 @@ def test_one_changed_byte_of_enclave_code_is_refused(kms_process, tmp_path: Path
     tampered = measure_code(copies)
     assert tampered != measure_code()
 
-    with KmsClient.connect(target) as client:
+    with KmsClient.connect(target, kms_key=kms_key) as client:
         if client.policy() is None:
             pytest.skip("needs the policy installed by the previous test")
         with pytest.raises(
