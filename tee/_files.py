@@ -18,6 +18,7 @@ from otrace.errors import ConfigError
 __all__ = [
     "create_private_file_once",
     "ensure_private_dir",
+    "load_or_create_secret",
     "read_private_file",
     "write_private_file",
 ]
@@ -64,13 +65,9 @@ def read_private_file(path: Path) -> bytes | None:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably (temp file, fsync, rename, fsync dir)."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temp = _temp_name(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(temp, data)
         os.replace(temp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -88,13 +85,9 @@ def create_private_file_once(path: Path, data: bytes) -> bytes:
     Two processes racing to create a platform secret must end up with the same
     one, so the file appears by `link` (which fails if it exists), never by rename.
     """
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    temp = _temp_name(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(temp, data)
         try:
             os.link(temp, path)
         except FileExistsError:
@@ -107,3 +100,27 @@ def create_private_file_once(path: Path, data: bytes) -> bytes:
     if existing is None:
         raise ConfigError(f"{path} vanished while being created")
     return existing
+
+
+def load_or_create_secret(path: Path, what: str) -> bytes:
+    """The 32-byte secret at `path`, created from `os.urandom` on first use."""
+    data = read_private_file(path)
+    if data is None:
+        data = create_private_file_once(path, os.urandom(32))
+    if len(data) != 32:
+        raise ConfigError(f"{what} {path} must hold exactly 32 bytes; it holds {len(data)}")
+    return data
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    # Temp names are unique among live threads, so an existing one is a crash leftover.
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

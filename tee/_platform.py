@@ -14,7 +14,6 @@ Library code receives the directory as a `Path`; it never reads the environment.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from otrace.errors import ConfigError
-from tee._files import create_private_file_once, ensure_private_dir, read_private_file
+from tee._files import ensure_private_dir, load_or_create_secret
 from tee._identity import EnclaveIdentity, signer_id
 from tee._quote import Quote, quote_body
 
@@ -57,7 +56,9 @@ class Platform:
     def open(cls, directory: Path) -> Platform:
         """Load the platform in `directory`, creating its secrets on first use."""
         ensure_private_dir(directory)
-        root, attestation, signer = (_load_or_create(directory / name) for name in _SECRET_FILES)
+        root, attestation, signer = (
+            load_or_create_secret(directory / name, "platform secret") for name in _SECRET_FILES
+        )
         return cls(root, attestation, signer, directory)
 
     @classmethod
@@ -108,12 +109,3 @@ class Platform:
 
 
 _SECRET_FILES = ("root.key", "attestation.key", "signer.key")
-
-
-def _load_or_create(path: Path) -> bytes:
-    data = read_private_file(path)
-    if data is None:
-        data = create_private_file_once(path, os.urandom(32))
-    if len(data) != 32:
-        raise ConfigError(f"{path} must hold exactly 32 bytes; it holds {len(data)}")
-    return data

@@ -11,7 +11,6 @@ policy is signed by one of its own owners). Secret names are `oram_key`,
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from otrace.errors import AttestationError, ConfigError, PolicyError
+from otrace.errors import AttestationError, PolicyError
 from tee._encoding import decode_canonical, encode_canonical, expect_bytes, expect_int, expect_map
-from tee._files import create_private_file_once, read_private_file
+from tee._files import load_or_create_secret
 from tee._identity import EnclaveIdentity
 from tee._verifier import NonceRegistry, Verifier
 
@@ -296,9 +295,4 @@ def _unhex(value: object) -> bytes:
 
 def load_or_create_owner_key(path: Path) -> Ed25519PrivateKey:
     """The policy owner's Ed25519 key stored (as a 32-byte seed, 0600) at `path`."""
-    seed = read_private_file(path)
-    if seed is None:
-        seed = create_private_file_once(path, os.urandom(32))
-    if len(seed) != 32:
-        raise ConfigError(f"owner key {path} must hold a 32-byte Ed25519 seed")
-    return Ed25519PrivateKey.from_private_bytes(seed)
+    return Ed25519PrivateKey.from_private_bytes(load_or_create_secret(path, "owner key"))
