@@ -137,6 +137,7 @@ def attest(
         hello = open_channel(platform, identity, challenge)
         evidence = {"quote": hello.quote, "public_key": hello.public_key}
         quote_out.write_bytes(encode_canonical(evidence))
+        click.echo(f"evidence for nonce {challenge.hex()} written to {quote_out}")
     if verify_quote is not None:
         verifier = Verifier(
             trusted_platform_keys=[_hex(k, "--platform-key", 32) for k in platform_keys]
@@ -146,15 +147,20 @@ def attest(
             allow_simulated=allow_simulated,
         )
         _print_verdict(verifier, verify_quote.read_bytes(), challenge, as_json)
-        return
-    if kms_target is not None:
-        if kms_key is None:
-            raise click.UsageError("--kms needs --kms-key (the key `otrace kms serve` printed)")
-        with KmsClient.connect(kms_target, kms_key=_hex(kms_key, "--kms-key", 32)) as client:
-            client.obtain_secrets(platform, identity, ())
-        click.echo(f"KMS at {kms_target} accepted this enclave ({identity.measurement.hex()})")
-        return
-    _print_identity(identity, platform, as_json)
+    elif kms_target is not None:
+        _attest_to_kms(platform, identity, kms_target, kms_key)
+    elif quote_out is None:
+        _print_identity(identity, platform, as_json)
+
+
+def _attest_to_kms(
+    platform: Platform, identity: EnclaveIdentity, target: str, kms_key: str | None
+) -> None:
+    if kms_key is None:
+        raise click.UsageError("--kms needs --kms-key (the key `otrace kms serve` printed)")
+    with KmsClient.connect(target, kms_key=_hex(kms_key, "--kms-key", 32)) as client:
+        client.obtain_secrets(platform, identity, ())
+    click.echo(f"KMS at {target} accepted this enclave ({identity.measurement.hex()})")
 
 
 def _print_identity(identity: EnclaveIdentity, platform: Platform, as_json: bool) -> None:
