@@ -120,7 +120,7 @@ class KmsPolicy:
             if not isinstance(fields["allow_simulated"], bool):
                 raise ValueError("allow_simulated must be a boolean")
             predecessor = fields["predecessor"]
-            return cls(
+            policy = cls(
                 rules=tuple(_rule_from_map(rule) for rule in _list(fields["rules"])),
                 trusted_platform_keys=_byte_list(fields["trusted_platform_keys"]),
                 owners=_byte_list(fields["owners"]),
@@ -129,6 +129,10 @@ class KmsPolicy:
             )
         except ValueError as exc:
             raise PolicyError(f"policy is malformed: {exc}") from None
+        if policy.to_bytes() != data:
+            # The hash names the policy, so one policy must have exactly one byte form.
+            raise PolicyError("policy is not in normal form (each rule's secrets sorted, unique)")
+        return policy
 
     def to_json(self) -> dict[str, Any]:
         """The policy as JSON-able data (hex for bytes), the form `otrace kms policy` edits."""

@@ -36,6 +36,7 @@ from tee import (
     serve_kms,
     sign_policy,
 )
+from tee._encoding import decode_canonical, encode_canonical
 from tee._kms_service import encode_message
 from tests.tee.conftest import MEASUREMENT, OTHER_MEASUREMENT, FakeClock
 
@@ -334,3 +335,15 @@ def test_tampered_state_is_refused(deployment: Deployment, tmp_path: Path) -> No
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=r"sealed blob failed authentication"):
         Kms(tmp_path / "kms", deployment.platform, deployment.platform.identity(b"\x4b" * 32, 1))
+
+
+def test_policy_bytes_must_be_in_normal_form(kms: Deployment) -> None:
+    update = make_policy(kms.platform, kms.owner, predecessor=kms.policy.digest)
+    signed = sign_policy(update, kms.owner)
+    fields = decode_canonical(signed.policy)
+    fields["rules"][0]["secrets"].reverse()
+    unsorted = encode_canonical(fields)
+    assert unsorted != signed.policy
+    with pytest.raises(PolicyError, match=r"^policy is not in normal form"):
+        kms.client.set_policy(replace(signed, policy=unsorted))
+    kms.still_serving()
