@@ -14,6 +14,8 @@ into a readable message.
     ├── AttestationError       a quote, report or attested message was refused
     │   └── ChannelError       attested-channel message replayed, reordered or forged
     ├── PolicyError            a KMS policy update or secret request was refused
+    ├── UnavailableError       a service otrace talks to (KMS, enclave process) is unreachable
+    │                          or died
     ├── FencingError           a writer's term is stale (split-brain guard)
     └── ChainViolation         a FaaS chain message broke the signed chain order
 
@@ -37,6 +39,7 @@ __all__ = [
     "RollbackError",
     "StashOverflow",
     "StorageError",
+    "UnavailableError",
 ]
 
 
@@ -82,6 +85,10 @@ class ChannelError(AttestationError):
 
 class PolicyError(OTraceError):
     """A KMS policy update or secret request was refused."""
+
+
+class UnavailableError(OTraceError):
+    """A service otrace depends on (the KMS, the enclave process) is unreachable or died."""
 
 
 class FencingError(OTraceError):

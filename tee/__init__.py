@@ -1,3 +1,81 @@
-"""Emulated enclave: measurement, sealing, quotes, verification, KMS, boundary."""
+"""Emulated enclave: platform, measurement, sealing, quotes, verification, attested
+channel, KMS, monotonic counters and the ecall boundary.
 
-__all__: list[str] = []
+There is no hardware isolation here (see SECURITY.md): the interfaces and the
+protocol are those of a real TEE, so the rest of otrace is written against them.
+"""
+
+from tee._channel import AttestedChannel, ChannelKey, EnclaveHello, accept_enclave, open_channel
+from tee._counter import FreshnessCounter, MonotonicCounter
+from tee._enclave import AuditHook, Ecall, EcallTable, Enclave
+from tee._identity import (
+    SECURITY_VERSION,
+    TRUSTED_PACKAGES,
+    EnclaveIdentity,
+    measure_code,
+    signer_id,
+    trusted_package_roots,
+)
+from tee._kms import Kms, ReleaseRequest, ReleaseResponse
+from tee._kms_client import KmsClient
+from tee._kms_service import (
+    GrpcKmsTransport,
+    KmsServer,
+    KmsTransport,
+    LocalKmsTransport,
+    serve_kms,
+)
+from tee._platform import Platform
+from tee._policy import (
+    KmsPolicy,
+    PolicyRule,
+    SignedPolicy,
+    load_or_create_owner_key,
+    sign_policy,
+)
+from tee._quote import Quote, report_data_for
+from tee._sealing import Sealer, SealPolicy, StateSealer
+from tee._verifier import NonceRegistry, VerifiedEnclave, Verifier
+
+__all__ = [
+    "SECURITY_VERSION",
+    "TRUSTED_PACKAGES",
+    "AttestedChannel",
+    "AuditHook",
+    "ChannelKey",
+    "Ecall",
+    "EcallTable",
+    "Enclave",
+    "EnclaveHello",
+    "EnclaveIdentity",
+    "FreshnessCounter",
+    "GrpcKmsTransport",
+    "Kms",
+    "KmsClient",
+    "KmsPolicy",
+    "KmsServer",
+    "KmsTransport",
+    "LocalKmsTransport",
+    "MonotonicCounter",
+    "NonceRegistry",
+    "Platform",
+    "PolicyRule",
+    "Quote",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "SealPolicy",
+    "Sealer",
+    "SignedPolicy",
+    "StateSealer",
+    "VerifiedEnclave",
+    "Verifier",
+    "accept_enclave",
+    "load_or_create_owner_key",
+    "measure_code",
+    "open_channel",
+    "report_data_for",
+    "serve_kms",
+    "sign_policy",
+    "signer_id",
+    "trusted_package_roots",
+]
