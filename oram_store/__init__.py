@@ -6,7 +6,8 @@ fixed-size ciphertext and uniformly random paths, and that any tampering,
 swapping or rollback of what it stored is detected.
 
     store = SqlBucketStore("sqlite:///otrace-data/otrace.sqlite")
-    oram = PathOram.create(store, OramParams("spans", blocks=1 << 16), key=k, sealer=s)
+    oram = PathOram.create(store, OramParams("spans", blocks=1 << 16), key=k,
+                           sealer=tee.Sealer.from_key(state_key))
     oram.access_batch([Write(7, data), Read(3)])
 """
 
@@ -14,11 +15,10 @@ from oram_store._audit import AuditReport
 from oram_store._codec import Bucket, BucketCodec
 from oram_store._oram import OramStats, PathOram, Read, Write
 from oram_store._params import OramParams
-from oram_store._state import AeadStateSealer, FreshnessCounter, StateSealer
+from oram_store._state import FreshnessCounter, StateSealer
 from oram_store._store import BucketStore, SqlBucketStore, StateRecord, TreeTransaction
 
 __all__ = [
-    "AeadStateSealer",
     "AuditReport",
     "Bucket",
     "BucketCodec",

@@ -12,84 +12,32 @@ transaction as the paths it describes, as either
 The stash is always padded to `stash_bound` slots, so every delta has one size
 and every checkpoint has one size: the storage learns nothing from them but
 their count. Records are sealed by a pluggable `StateSealer` with associated
-data binding the tree, the sequence number and the record kind, so records
+data binding the tree, the sequence number and the record kind (the enclave's
+`tee.Sealer` in production; `tee.Sealer.from_key` over the KMS `state_key`), so records
 cannot be reordered, swapped between trees or replayed into another slot.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from oram_store._codec import DIGEST_SIZE
 from oram_store._params import EMPTY_SLOT, OramParams
 from oram_store._store import CHECKPOINT, DELTA, StateRecord
 from otrace.errors import ConfigError, IntegrityError
+from tee import FreshnessCounter, StateSealer
 
-__all__ = [
-    "AeadStateSealer",
-    "ClientState",
-    "FreshnessCounter",
-    "StateCodec",
-    "StateSealer",
-]
+__all__ = ["ClientState", "FreshnessCounter", "StateCodec", "StateSealer"]
 
 _HEADER = struct.Struct(f"<8sQ{DIGEST_SIZE}sI")  # magic, seq, root digest, stash count
 _CHECKPOINT_MAGIC = b"OTRCKPT1"
 _DELTA_MAGIC = b"OTRDLTA1"
 _PAIR = struct.Struct("<II")
-
-
-class StateSealer(Protocol):
-    """Seals client-state records; the enclave supplies one bound to its identity."""
-
-    def seal(self, plaintext: bytes, context: bytes) -> bytes: ...
-
-    def unseal(self, blob: bytes, context: bytes) -> bytes:
-        """Returns the plaintext or raises `IntegrityError`."""
-        ...
-
-
-class FreshnessCounter(Protocol):
-    """A monotonic counter outside the storage, to detect whole-database rollback."""
-
-    def current(self) -> int: ...
-
-    def advance(self, value: int) -> None:
-        """Sets the counter to max(current, value), durably, before returning."""
-        ...
-
-
-class AeadStateSealer:
-    """AES-GCM `StateSealer` under a 32-byte state key (e.g. one released by the KMS)."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ConfigError("the ORAM state key must be 32 bytes")
-        self._aead = AESGCM(key)
-
-    def __repr__(self) -> str:
-        return "AeadStateSealer(key=<redacted>)"
-
-    def seal(self, plaintext: bytes, context: bytes) -> bytes:
-        return self.seal_with_nonce(plaintext, context, os.urandom(12))
-
-    def seal_with_nonce(self, plaintext: bytes, context: bytes, nonce: bytes) -> bytes:
-        return nonce + self._aead.encrypt(nonce, plaintext, context)
-
-    def unseal(self, blob: bytes, context: bytes) -> bytes:
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], context)
-        except (InvalidTag, ValueError):
-            raise IntegrityError("sealed ORAM state failed authentication") from None
 
 
 @dataclass(slots=True)
@@ -136,7 +84,13 @@ class StateCodec:
         return state
 
     def _apply(self, state: ClientState | None, record: StateRecord) -> ClientState:
-        plain = self._sealer.unseal(record.blob, self._context(record.seq, record.kind))
+        try:
+            plain = self._sealer.unseal(record.blob, self._context(record.seq, record.kind))
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"ORAM tree {self._p.tree_id!r}: sealed state record {record.seq} failed "
+                "authentication (tampered, moved to another slot, or sealed under another key)"
+            ) from exc
         magic, seq, root, stash_count = _HEADER.unpack_from(plain)
         want = _CHECKPOINT_MAGIC if record.kind == CHECKPOINT else _DELTA_MAGIC
         if magic != want or seq != record.seq or stash_count > self._p.stash_bound:

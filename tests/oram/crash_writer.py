@@ -14,12 +14,13 @@ from tests.oram.helpers import KEY, STATE_KEY, block
 
 
 def main() -> None:
-    from oram_store import AeadStateSealer, PathOram
+    from oram_store import PathOram
+    from tee import Sealer
 
     url, seed = sys.argv[1], int(sys.argv[2])
     rnd = random.Random(seed)
     store = SqlBucketStore(url)
-    oram = PathOram.open(store, "t", key=KEY, sealer=AeadStateSealer(STATE_KEY), cache_levels=2)
+    oram = PathOram.open(store, "t", key=KEY, sealer=Sealer.from_key(STATE_KEY), cache_levels=2)
     value = seed * 1_000_000
     while True:
         batch = {rnd.randrange(oram.params.blocks): (value := value + 1) for _ in range(3)}

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from oram_store import (
-    AeadStateSealer,
     BucketStore,
     OramParams,
     PathOram,
@@ -16,6 +15,7 @@ from oram_store import (
     StateRecord,
     TreeTransaction,
 )
+from tee import Sealer
 
 KEY = bytes(range(32))
 STATE_KEY = bytes(range(32, 64))
@@ -99,7 +99,7 @@ def new_oram(
         store,
         OramParams("t", blocks=blocks, block_size=block_size, batch_size=batch_size, **params),
         key=KEY,
-        sealer=AeadStateSealer(STATE_KEY),
+        sealer=Sealer.from_key(STATE_KEY),
         counter=counter,
         cache_levels=cache_levels,
         rng=None if seed is None else rng_source(seed),
@@ -113,7 +113,7 @@ def reopen(
         oram.store,
         oram.params.tree_id,
         key=KEY,
-        sealer=AeadStateSealer(STATE_KEY),
+        sealer=Sealer.from_key(STATE_KEY),
         counter=counter,
         cache_levels=cache_levels,
     )
