@@ -28,7 +28,14 @@ from oram_store._eviction import evict, path_nodes
 from oram_store._params import EMPTY_SLOT, OramParams
 from oram_store._state import ClientState, FreshnessCounter, StateCodec, StateSealer
 from oram_store._store import BucketStore, TreeTransaction
-from otrace.errors import ConfigError, IntegrityError, InvalidRequest, RollbackError, StashOverflow
+from otrace.errors import (
+    ConfigError,
+    FencingError,
+    IntegrityError,
+    InvalidRequest,
+    RollbackError,
+    StashOverflow,
+)
 
 __all__ = ["OramStats", "PathOram", "Read", "Write"]
 
@@ -156,7 +163,8 @@ class PathOram:
             )
         params = _open_meta(meta, tree_id, sealer)
         states = StateCodec(params, sealer)
-        state = states.restore(store.load_state(tree_id))
+        with store.transaction(tree_id) as txn:
+            state = states.restore(txn.load_state())
         if counter is not None:
             if state.seq < counter.current():
                 raise RollbackError(
@@ -212,6 +220,7 @@ class PathOram:
         nodes = path_nodes(p.height, read_leaves)
         seq = self._state.seq + 1
         with self.store.transaction(p.tree_id) as txn:
+            self._check_sole_writer(txn)
             fetch = sorted(n for n in nodes if n >= 1 << self._cache_levels)
             old = self._fetch(txn, fetch, self._cache)
             stash = dict(self._state.stash)
@@ -225,6 +234,14 @@ class PathOram:
             state = self._commit_state(txn, seq, root, stash, remap)
         self._after_commit(state, new, remap, len(ops), len(fetch), len(nodes))
         return results
+
+    def _check_sole_writer(self, txn: TreeTransaction) -> None:
+        latest = txn.latest_seq()
+        if latest != self._state.seq:
+            raise FencingError(
+                f"ORAM tree {self.params.tree_id!r} is at commit {latest} in storage but this "
+                f"writer is at {self._state.seq}: another writer has committed; reopen the tree"
+            )
 
     def _validate(self, ops: Sequence[Read | Write]) -> list[int]:
         p = self.params

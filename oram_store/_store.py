@@ -26,6 +26,7 @@ __all__ = ["BucketStore", "SqlBucketStore", "StateRecord", "TreeTransaction"]
 CHECKPOINT = 1
 DELTA = 2
 _LOAD_CHUNK = 2048
+_PG_TREE_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,14 @@ class TreeTransaction(ABC):
     @abstractmethod
     def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
         """Overwrites existing rows in place with `(idx, version, blob)`."""
+
+    @abstractmethod
+    def load_state(self) -> list[StateRecord]:
+        """The newest checkpoint and every record after it, oldest first."""
+
+    @abstractmethod
+    def latest_seq(self) -> int | None:
+        """The sequence number of the newest state record (None if there is none)."""
 
     @abstractmethod
     def append_state(self, record: StateRecord) -> None:
@@ -81,12 +90,13 @@ class BucketStore(ABC):
         """The tree's metadata, or None when no complete tree of that id exists."""
 
     @abstractmethod
-    def load_state(self, tree_id: str) -> list[StateRecord]:
-        """The newest checkpoint and every record after it, oldest first."""
-
-    @abstractmethod
     def transaction(self, tree_id: str) -> AbstractContextManager[TreeTransaction]:
-        """A context manager: one atomic transaction on the tree (commits on success)."""
+        """One atomic transaction on the tree (commits on success).
+
+        It holds the tree's writer lock from its first statement, so a writer
+        that died mid-commit has either committed or rolled back before another
+        transaction on the tree reads anything.
+        """
 
     @abstractmethod
     def drop_tree(self, tree_id: str) -> None:
@@ -130,6 +140,28 @@ class _SqlTreeTransaction(TreeTransaction):
                 f"ORAM tree {self._tree_id!r}: {len(rows) - result.rowcount} bucket rows are "
                 "missing from storage"
             )
+
+    def load_state(self) -> list[StateRecord]:
+        st = self._state
+        last_checkpoint = (
+            sa.select(sa.func.max(st.c.seq))
+            .where(st.c.tree_id == self._tree_id, st.c.kind == CHECKPOINT)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(st.c.seq, st.c.kind, st.c.blob)
+            .where(st.c.tree_id == self._tree_id, st.c.seq >= sa.func.coalesce(last_checkpoint, 0))
+            .order_by(st.c.seq)
+        )
+        return [
+            StateRecord(seq, kind, bytes(blob)) for seq, kind, blob in self._conn.execute(query)
+        ]
+
+    def latest_seq(self) -> int | None:
+        st = self._state
+        query = sa.select(sa.func.max(st.c.seq)).where(st.c.tree_id == self._tree_id)
+        value = self._conn.execute(query).scalar()
+        return None if value is None else int(value)
 
     def append_state(self, record: StateRecord) -> None:
         self._conn.execute(
@@ -248,25 +280,13 @@ class SqlBucketStore(BucketStore):
             row = conn.execute(sa.select(mt.c.meta).where(mt.c.tree_id == tree_id)).first()
         return None if row is None else bytes(row[0])
 
-    def load_state(self, tree_id: str) -> list[StateRecord]:
-        st = self.state_table
-        last_checkpoint = (
-            sa.select(sa.func.max(st.c.seq))
-            .where(st.c.tree_id == tree_id, st.c.kind == CHECKPOINT)
-            .scalar_subquery()
-        )
-        query = (
-            sa.select(st.c.seq, st.c.kind, st.c.blob)
-            .where(st.c.tree_id == tree_id, st.c.seq >= sa.func.coalesce(last_checkpoint, 0))
-            .order_by(st.c.seq)
-        )
-        with self.engine.connect() as conn:
-            return [StateRecord(seq, kind, bytes(blob)) for seq, kind, blob in conn.execute(query)]
-
     @contextmanager
     def transaction(self, tree_id: str) -> Iterator[TreeTransaction]:
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # SQLite's BEGIN IMMEDIATE is the writer lock there.
+                    conn.execute(_PG_TREE_LOCK, {"name": f"otrace-oram:{tree_id}"})
                 yield _SqlTreeTransaction(self, conn, tree_id)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc

@@ -63,6 +63,12 @@ class _TracingTxn(TreeTransaction):
         self._trace.writes.append(list(rows))
         self._inner.write_buckets(rows)
 
+    def load_state(self) -> list[StateRecord]:
+        return self._inner.load_state()
+
+    def latest_seq(self) -> int | None:
+        return self._inner.latest_seq()
+
     def append_state(self, record: StateRecord) -> None:
         self._trace.states.append(record)
         self._inner.append_state(record)

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import chisquare
 
 from oram_store import OramParams, PathOram, Read, SqlBucketStore, Write
-from otrace.errors import ConfigError, InvalidRequest, StashOverflow
+from otrace.errors import ConfigError, FencingError, InvalidRequest, StashOverflow
 from tests.oram.helpers import MemoryCounter, TracingStore, block, new_oram, reopen
 
 MakeStore = Callable[..., SqlBucketStore]
@@ -28,18 +28,16 @@ def test_read_after_write_survives_reopen(store_url: str, make_store: MakeStore)
 
 
 def test_batch_applies_operations_in_order_even_on_one_block(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    oram = new_oram(make_store(sqlite_url), batch_size=4)
+    oram = new_oram(make_store(store_url), batch_size=4)
     results = oram.access_batch([Read(5), Write(5, block(1)), Read(5), Write(5, block(2)), Read(9)])
     assert results == [bytes(64), None, block(1), None, bytes(64)]
     assert oram.read(5) == block(2)
 
 
-def test_bad_requests_are_refused_and_change_nothing(
-    sqlite_url: str, make_store: MakeStore
-) -> None:
-    oram = new_oram(make_store(sqlite_url), batch_size=2)
+def test_bad_requests_are_refused_and_change_nothing(store_url: str, make_store: MakeStore) -> None:
+    oram = new_oram(make_store(store_url), batch_size=2)
     oram.write(1, block(1))
     seq = oram.seq
     with pytest.raises(InvalidRequest, match=r"block id 64 is outside 0\.\.63"):
@@ -55,9 +53,9 @@ def test_bad_requests_are_refused_and_change_nothing(
 
 
 def test_every_logical_access_reads_and_writes_one_whole_path(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    store = make_store(sqlite_url, TracingStore)
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=256, cache_levels=0)
     store.trace.reads.clear()
     height = oram.params.height
@@ -72,8 +70,8 @@ def test_every_logical_access_reads_and_writes_one_whole_path(
         assert sorted(read) == sorted(leaf >> (height - lvl) for lvl in range(height + 1))
 
 
-def test_batches_are_padded_to_the_batch_size(sqlite_url: str, make_store: MakeStore) -> None:
-    store = make_store(sqlite_url, TracingStore)
+def test_batches_are_padded_to_the_batch_size(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=1 << 12, batch_size=8, cache_levels=0)
     height = oram.params.height
     for real in (1, 3, 8):
@@ -85,8 +83,8 @@ def test_batches_are_padded_to_the_batch_size(sqlite_url: str, make_store: MakeS
         assert 7 <= len(leaves) <= 8
 
 
-def test_cached_levels_are_written_but_never_read(sqlite_url: str, make_store: MakeStore) -> None:
-    store = make_store(sqlite_url, TracingStore)
+def test_cached_levels_are_written_but_never_read(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=256, cache_levels=3)
     store.trace.reads.clear()
     for b in range(20):
@@ -99,9 +97,9 @@ def test_cached_levels_are_written_but_never_read(sqlite_url: str, make_store: M
 
 
 def test_reads_and_writes_look_identical_to_the_storage(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    store = make_store(sqlite_url, TracingStore)
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=128, batch_size=2)
     oram.access_batch([Read(3)])
     oram.access_batch([Write(3, block(9)), Write(4, block(8))])
@@ -120,8 +118,8 @@ def test_reads_and_writes_look_identical_to_the_storage(
     assert all(block(9) not in blob and block(8) not in blob for blob in blobs)
 
 
-def test_leaves_read_are_uniform(sqlite_url: str, make_store: MakeStore) -> None:
-    store = make_store(sqlite_url, TracingStore)
+def test_leaves_read_are_uniform(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=32, block_size=16, cache_levels=0, seed=7)
     store.trace.reads.clear()
     rnd = random.Random(3)
@@ -135,9 +133,9 @@ def test_leaves_read_are_uniform(sqlite_url: str, make_store: MakeStore) -> None
     assert chisquare(observed).pvalue > 0.01
 
 
-def test_stash_overflow_raises_and_commits_nothing(sqlite_url: str, make_store: MakeStore) -> None:
+def test_stash_overflow_raises_and_commits_nothing(store_url: str, make_store: MakeStore) -> None:
     oram = new_oram(
-        make_store(sqlite_url),
+        make_store(store_url),
         blocks=64,
         block_size=16,
         slots=1,
@@ -158,8 +156,8 @@ def test_stash_overflow_raises_and_commits_nothing(sqlite_url: str, make_store: 
     assert report.blocks_in_tree + report.blocks_in_stash == len(written)
 
 
-def test_stash_stays_small_under_load(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = new_oram(make_store(sqlite_url), blocks=256, block_size=16)
+def test_stash_stays_small_under_load(store_url: str, make_store: MakeStore) -> None:
+    oram = new_oram(make_store(store_url), blocks=256, block_size=16)
     rnd = random.Random(5)
     for _ in range(1500):
         oram.write(rnd.randrange(256), bytes(16))
@@ -167,30 +165,31 @@ def test_stash_stays_small_under_load(sqlite_url: str, make_store: MakeStore) ->
 
 
 def test_creation_is_one_streaming_pass_without_path_accesses(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    store = make_store(sqlite_url, TracingStore)
+    store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=4096, cache_levels=0)
     assert store.trace.reads == [] and store.trace.writes == []
     assert oram.audit().buckets == 2 * 4096 - 1
 
 
 def test_state_is_checkpointed_and_old_records_pruned(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    store = make_store(sqlite_url)
+    store = make_store(store_url)
     oram = new_oram(store, checkpoint_every=8)
     for i in range(21):
         oram.write(i % 64, block(i))
-    records = store.load_state("t")
+    with store.transaction("t") as txn:
+        records = txn.load_state()
     assert [r.seq for r in records] == [16, 17, 18, 19, 20, 21]
     assert reopen(oram).read(20) == block(20)
 
 
 def test_creating_twice_or_opening_nothing_is_a_clear_error(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    store = make_store(sqlite_url)
+    store = make_store(store_url)
     oram = new_oram(store)
     with pytest.raises(Exception, match="already exists"):
         new_oram(store)
@@ -198,9 +197,9 @@ def test_creating_twice_or_opening_nothing_is_a_clear_error(
         PathOram.open(store, "other", key=bytes(32), sealer=oram._states._sealer)  # type: ignore[attr-defined]
 
 
-def test_counter_advances_with_commits(sqlite_url: str, make_store: MakeStore) -> None:
+def test_counter_advances_with_commits(store_url: str, make_store: MakeStore) -> None:
     counter = MemoryCounter()
-    oram = new_oram(make_store(sqlite_url), counter=counter)
+    oram = new_oram(make_store(store_url), counter=counter)
     for i in range(5):
         oram.write(i, block(i))
     assert counter.current() == oram.seq == 5
@@ -213,3 +212,12 @@ def test_bad_parameters_are_config_errors(bad: dict[str, int]) -> None:
         OramParams("t", **fields)
     with pytest.raises(ConfigError, match="tree id"):
         OramParams("Bad-Id", blocks=64)
+
+
+def test_a_second_writer_is_fenced_off(store_url: str, make_store: MakeStore) -> None:
+    first = new_oram(make_store(store_url), seed=None)
+    second = reopen(first)
+    first.write(1, block(1))
+    with pytest.raises(FencingError, match="at commit 1 in storage but this writer is at 0"):
+        second.write(1, block(2))
+    assert reopen(first).read(1) == block(1)

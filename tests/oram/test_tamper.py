@@ -53,8 +53,8 @@ def test_flipped_bit_in_a_bucket(store_url: str, make_store: MakeStore) -> None:
         oram.read(5)
 
 
-def test_flipped_bit_in_the_gcm_tag_or_nonce(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = _filled(make_store, sqlite_url)
+def test_flipped_bit_in_the_gcm_tag_or_nonce(store_url: str, make_store: MakeStore) -> None:
+    oram = _filled(make_store, store_url)
     for pos in (0, -1):  # nonce, tag: both covered by the parent's digest
         again = reopen(oram, cache_levels=0)
         version, blob = _row(oram.store, 1)  # type: ignore[arg-type]
@@ -87,8 +87,8 @@ def test_older_copy_of_a_bucket_put_back(store_url: str, make_store: MakeStore) 
         oram.read(3)
 
 
-def test_old_bucket_with_its_version_relabelled(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = _filled(make_store, sqlite_url)
+def test_old_bucket_with_its_version_relabelled(store_url: str, make_store: MakeStore) -> None:
+    oram = _filled(make_store, store_url)
     _old_version, old_blob = _row(oram.store, 1)  # type: ignore[arg-type]
     oram.write(3, block(300))
     version, _ = _row(oram.store, 1)  # type: ignore[arg-type]
@@ -97,8 +97,8 @@ def test_old_bucket_with_its_version_relabelled(sqlite_url: str, make_store: Mak
         oram.read(3)
 
 
-def test_deleted_bucket(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = _filled(make_store, sqlite_url)
+def test_deleted_bucket(store_url: str, make_store: MakeStore) -> None:
+    oram = _filled(make_store, store_url)
     leaf = _leaf_of_block(oram, 2)
     table = oram.store.bucket_table("t")  # type: ignore[attr-defined]
     with oram.store.engine.begin() as conn:  # type: ignore[attr-defined]
@@ -108,9 +108,9 @@ def test_deleted_bucket(sqlite_url: str, make_store: MakeStore) -> None:
 
 
 def test_tampering_off_the_accessed_path_is_found_by_audit(
-    sqlite_url: str, make_store: MakeStore
+    store_url: str, make_store: MakeStore
 ) -> None:
-    oram = _filled(make_store, sqlite_url)
+    oram = _filled(make_store, store_url)
     leaf = (1 << oram.params.height) + 3
     version, blob = _row(oram.store, leaf)  # type: ignore[arg-type]
     _put(oram.store, leaf, version, blob[:-1] + bytes([blob[-1] ^ 1]))  # type: ignore[arg-type]
@@ -130,8 +130,8 @@ def test_tampered_state_record_refuses_to_open(store_url: str, make_store: MakeS
         reopen(oram)
 
 
-def test_state_records_swapped_between_slots(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = _filled(make_store, sqlite_url)
+def test_state_records_swapped_between_slots(store_url: str, make_store: MakeStore) -> None:
+    oram = _filled(make_store, store_url)
     oram.write(0, block(0))  # 64 writes end on a checkpoint: add deltas after it
     oram.write(1, block(1))
     st = oram.store.state_table  # type: ignore[attr-defined]
@@ -144,9 +144,9 @@ def test_state_records_swapped_between_slots(sqlite_url: str, make_store: MakeSt
         reopen(oram)
 
 
-def test_truncated_state_is_a_rollback(sqlite_url: str, make_store: MakeStore) -> None:
+def test_truncated_state_is_a_rollback(store_url: str, make_store: MakeStore) -> None:
     counter = MemoryCounter()
-    oram = _filled(make_store, sqlite_url, counter=counter)
+    oram = _filled(make_store, store_url, counter=counter)
     oram.write(0, block(0))  # a delta after the checkpoint at 64
     st = oram.store.state_table  # type: ignore[attr-defined]
     with oram.store.engine.begin() as conn:  # type: ignore[attr-defined]
@@ -182,8 +182,8 @@ def test_whole_database_restored_to_an_older_copy(tmp_path: Path, make_store: Ma
         )  # type: ignore[attr-defined]
 
 
-def test_altered_parameters_are_refused(sqlite_url: str, make_store: MakeStore) -> None:
-    oram = _filled(make_store, sqlite_url)
+def test_altered_parameters_are_refused(store_url: str, make_store: MakeStore) -> None:
+    oram = _filled(make_store, store_url)
     mt = oram.store.meta_table  # type: ignore[attr-defined]
     with oram.store.engine.begin() as conn:  # type: ignore[attr-defined]
         (meta,) = conn.execute(sa.select(mt.c.meta)).one()
@@ -192,10 +192,10 @@ def test_altered_parameters_are_refused(sqlite_url: str, make_store: MakeStore) 
         reopen(oram)
 
 
-def test_wrong_keys_cannot_read(sqlite_url: str, make_store: MakeStore) -> None:
+def test_wrong_keys_cannot_read(store_url: str, make_store: MakeStore) -> None:
     from tee import Sealer
 
-    oram = _filled(make_store, sqlite_url)
+    oram = _filled(make_store, store_url)
     with pytest.raises(IntegrityError):
         PathOram.open(oram.store, "t", key=bytes(32), sealer=Sealer.from_key(bytes(32)))
     good_sealer = oram._states._sealer  # type: ignore[attr-defined]
