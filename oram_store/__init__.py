@@ -13,7 +13,8 @@ swapping or rollback of what it stored is detected.
 
 from oram_store._audit import AuditReport
 from oram_store._codec import Bucket, BucketCodec
-from oram_store._oram import OramStats, PathOram, Read, Write
+from oram_store._direct import DirectBlockStore
+from oram_store._oram import OramStats, PathOram, Read, TransactionHook, Write
 from oram_store._params import OramParams
 from oram_store._state import FreshnessCounter, StateSealer
 from oram_store._store import BucketStore, SqlBucketStore, StateRecord, TreeTransaction
@@ -23,6 +24,7 @@ __all__ = [
     "Bucket",
     "BucketCodec",
     "BucketStore",
+    "DirectBlockStore",
     "FreshnessCounter",
     "OramParams",
     "OramStats",
@@ -31,6 +33,7 @@ __all__ = [
     "SqlBucketStore",
     "StateRecord",
     "StateSealer",
+    "TransactionHook",
     "TreeTransaction",
     "Write",
 ]

@@ -37,9 +37,10 @@ from otrace.errors import (
     StashOverflow,
 )
 
-__all__ = ["OramStats", "PathOram", "Read", "Write"]
+__all__ = ["OramStats", "PathOram", "Read", "TransactionHook", "Write"]
 
 RandomSource = Callable[[int], bytes]
+TransactionHook = Callable[[TreeTransaction, int], None]
 ProgressCallback = Callable[[int, int], None]
 _META = struct.Struct("<I")
 
@@ -202,11 +203,15 @@ class PathOram:
     def write(self, block: int, data: bytes) -> None:
         self.access_batch([Write(block, data)])
 
-    def access_batch(self, ops: Sequence[Read | Write]) -> list[bytes | None]:
+    def access_batch(
+        self, ops: Sequence[Read | Write], *, in_transaction: TransactionHook | None = None
+    ) -> list[bytes | None]:
         """Serves `ops` in order with one padded batch of `batch_size` path accesses.
 
-        At most `batch_size` distinct blocks per call. Nothing in memory or in
-        storage changes unless the whole batch commits.
+        At most `batch_size` distinct blocks per call. `in_transaction(txn, seq)`
+        runs inside the batch's storage transaction, so a caller's own rows
+        (e.g. an ingest watermark) commit atomically with the paths. Nothing in
+        memory or in storage changes unless the whole batch commits.
         """
         if not ops:
             return []
@@ -232,6 +237,8 @@ class PathOram:
             results = self._serve(ops, stash)
             new, root = self._write_back(txn, nodes, old, stash, remap, seq)
             state = self._commit_state(txn, seq, root, stash, remap)
+            if in_transaction is not None:
+                in_transaction(txn, seq)
         self._after_commit(state, new, remap, len(ops), len(fetch), len(nodes))
         return results
 

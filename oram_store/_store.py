@@ -65,6 +65,14 @@ class TreeTransaction(ABC):
     def prune_state(self, before_seq: int) -> None:
         """Deletes state records older than `before_seq`."""
 
+    @abstractmethod
+    def read_aux(self, name: str) -> bytes | None:
+        """A caller-owned record stored beside the tree (e.g. an ingest watermark)."""
+
+    @abstractmethod
+    def write_aux(self, name: str, blob: bytes) -> None:
+        """Creates or replaces a caller-owned record, in this transaction."""
+
 
 class BucketStore(ABC):
     """Untrusted storage for Path ORAM trees (see module docstring)."""
@@ -113,6 +121,7 @@ class _SqlTreeTransaction(TreeTransaction):
         self._tree_id = tree_id
         self._table = store.bucket_table(tree_id)
         self._state = store.state_table
+        self._aux = _SqlAux(conn, store.aux_table, tree_id)
         self._select = sa.select(
             self._table.c.idx, self._table.c.version, self._table.c.blob
         ).where(self._table.c.idx.in_(sa.bindparam("idxs", expanding=True)))
@@ -127,6 +136,8 @@ class _SqlTreeTransaction(TreeTransaction):
         return {idx: (version, bytes(blob)) for idx, version, blob in rows}
 
     def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        if not rows:
+            return
         table = self._table
         stmt = (
             table.update()
@@ -169,9 +180,35 @@ class _SqlTreeTransaction(TreeTransaction):
             {"tree_id": self._tree_id, "seq": record.seq, "kind": record.kind, "blob": record.blob},
         )
 
+    def read_aux(self, name: str) -> bytes | None:
+        return self._aux.read(name)
+
+    def write_aux(self, name: str, blob: bytes) -> None:
+        self._aux.write(name, blob)
+
     def prune_state(self, before_seq: int) -> None:
         st = self._state
         self._conn.execute(st.delete().where(st.c.tree_id == self._tree_id, st.c.seq < before_seq))
+
+
+class _SqlAux:
+    """Caller-owned records (`oram_aux`): small blobs committed with the tree."""
+
+    def __init__(self, conn: Connection, table: sa.Table, tree_id: str) -> None:
+        self._conn, self._table, self._tree_id = conn, table, tree_id
+
+    def read(self, name: str) -> bytes | None:
+        t = self._table
+        row = self._conn.execute(
+            sa.select(t.c.blob).where(t.c.tree_id == self._tree_id, t.c.name == name)
+        ).first()
+        return None if row is None else bytes(row[0])
+
+    def write(self, name: str, blob: bytes) -> None:
+        t = self._table
+        where = (t.c.tree_id == self._tree_id) & (t.c.name == name)
+        if self._conn.execute(t.update().where(where).values(blob=blob)).rowcount == 0:
+            self._conn.execute(t.insert(), {"tree_id": self._tree_id, "name": name, "blob": blob})
 
 
 class SqlBucketStore(BucketStore):
@@ -209,9 +246,17 @@ class SqlBucketStore(BucketStore):
             sa.Column("tree_id", sa.String(32), primary_key=True),
             sa.Column("meta", sa.LargeBinary, nullable=False),
         )
+        self.aux_table = sa.Table(
+            "oram_aux",
+            self._metadata,
+            sa.Column("tree_id", sa.String(32), primary_key=True),
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("blob", sa.LargeBinary, nullable=False),
+        )
         self._buckets: dict[str, sa.Table] = {}
         try:
-            self._metadata.create_all(engine, tables=[self.state_table, self.meta_table])
+            tables = [self.state_table, self.meta_table, self.aux_table]
+            self._metadata.create_all(engine, tables=tables)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open store {engine.url!r}: {exc}") from exc
 
@@ -294,8 +339,8 @@ class SqlBucketStore(BucketStore):
     def drop_tree(self, tree_id: str) -> None:
         self.bucket_table(tree_id).drop(self.engine, checkfirst=True)
         with self.engine.begin() as conn:
-            conn.execute(self.state_table.delete().where(self.state_table.c.tree_id == tree_id))
-            conn.execute(self.meta_table.delete().where(self.meta_table.c.tree_id == tree_id))
+            for table in (self.state_table, self.meta_table, self.aux_table):
+                conn.execute(table.delete().where(table.c.tree_id == tree_id))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -76,6 +76,12 @@ class _TracingTxn(TreeTransaction):
     def prune_state(self, before_seq: int) -> None:
         self._inner.prune_state(before_seq)
 
+    def read_aux(self, name: str) -> bytes | None:
+        return self._inner.read_aux(name)
+
+    def write_aux(self, name: str, blob: bytes) -> None:
+        self._inner.write_aux(name, blob)
+
 
 class TracingStore(SqlBucketStore):
     """A real SQL store that also records every bucket index read and row written."""
