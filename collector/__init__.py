@@ -1,3 +1,8 @@
-"""OTLP receivers, ingest pipeline and cluster leadership (see docs/ARCHITECTURE.md)."""
+"""OTLP receivers, the ingest pipeline and the node that runs them (see docs/ARCHITECTURE.md)."""
 
-__all__: list[str] = []
+from collector._group_commit import GroupCommitter, Overloaded
+from collector._grpc_receiver import GrpcReceiver, TlsFiles
+from collector._http_receiver import HttpReceiver
+from collector._node import Node
+
+__all__ = ["GroupCommitter", "GrpcReceiver", "HttpReceiver", "Node", "Overloaded", "TlsFiles"]

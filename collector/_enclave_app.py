@@ -1,0 +1,177 @@
+"""The collector enclave: its ecall table and its epoch thread.
+
+`start(init)` runs inside the enclave process (see `tee.Enclave`). It attests
+to the KMS to obtain the node's keys, opens the block device (Path ORAM or the
+encrypted baseline) and the journal, starts the epoch thread and returns the
+only calls the host can make:
+
+    ingest  [[content type, body], ...] -> {"outcomes": [[ok, accepted, rejected, msg]], "depth": n}
+    flush   b""                         -> epochs run (drains the journal now)
+    scan    b""                         -> TracesData bytes of every stored span
+    stats   b""                         -> {"journal_depth", "spans", "epochs", ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from collector._ingest import BlockDevice, IngestEngine
+from collector._journal import Journal
+from oram_store import DirectBlockStore, OramParams, PathOram, SqlBucketStore
+from otrace.errors import ConfigError, OTraceError
+from tee import (
+    SECURITY_VERSION,
+    KmsClient,
+    MonotonicCounter,
+    Platform,
+    Sealer,
+    measure_code,
+)
+from tee._enclave import EcallTable
+
+__all__ = ["NODE_SECRETS", "EnclaveConfig", "start"]
+
+NODE_SECRETS = ("oram_key", "state_key")
+TREE_ID = "spans"
+log = logging.getLogger("otrace.enclave")
+
+
+@dataclass(frozen=True, slots=True)
+class EnclaveConfig:
+    """What the host tells the enclave at start (no secrets: those come from the KMS)."""
+
+    store_url: str
+    journal_path: str  # SQLite file for the journal; empty: the store itself
+    platform_dir: str
+    kms_target: str
+    kms_key: bytes
+    storage: str = "oram"
+    blocks: int = 1 << 16
+    block_size: int = 4096
+    batch: int = 32
+    cache_levels: int = 8
+    epoch_ms: int = 200
+
+    def to_bytes(self) -> bytes:
+        return cbor2.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EnclaveConfig:
+        return cls(**cbor2.loads(raw))
+
+
+def start(init: bytes) -> EcallTable:
+    """Enclave entry point: attest, open storage, start epochs, return the ecalls."""
+    config = EnclaveConfig.from_bytes(init)
+    platform = Platform.open(Path(config.platform_dir))
+    identity = platform.identity(measure_code(), SECURITY_VERSION)
+    with KmsClient.connect(config.kms_target, kms_key=config.kms_key) as kms:
+        secrets = kms.obtain_secrets(platform, identity, NODE_SECRETS)
+    sealer = Sealer.from_key(secrets["state_key"])
+    counter_name = "node-" + hashlib.sha256(config.store_url.encode()).hexdigest()[:24]
+    counter = MonotonicCounter(platform, counter_name)
+    device = _open_device(config, secrets["oram_key"], sealer, counter)
+    journal_key = _derive(secrets["state_key"], b"otrace/journal")
+    journal = (
+        Journal.sqlite(config.journal_path, journal_key)
+        if config.journal_path
+        else Journal(device.store.engine, journal_key)  # type: ignore[attr-defined]
+    )
+    engine = IngestEngine(device, journal, sealer)
+    epochs = _EpochThread(engine, config.epoch_ms / 1000)
+    epochs.start()
+    return _ecalls(engine, epochs)
+
+
+def _derive(secret: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
+
+
+def _open_device(
+    config: EnclaveConfig, key: bytes, sealer: Sealer, counter: MonotonicCounter
+) -> BlockDevice:
+    store = SqlBucketStore(config.store_url)
+    kind: Any = PathOram if config.storage == "oram" else DirectBlockStore
+    extra = {"cache_levels": config.cache_levels} if config.storage == "oram" else {}
+    if store.load_meta(TREE_ID) is None:
+        params = OramParams(
+            TREE_ID, blocks=config.blocks, block_size=config.block_size, batch_size=config.batch
+        )
+        device = kind.create(store, params, key=key, sealer=sealer, counter=counter, **extra)
+    else:
+        device = kind.open(store, TREE_ID, key=key, sealer=sealer, counter=counter, **extra)
+    if (device.params.blocks, device.params.block_size) != (config.blocks, config.block_size):
+        raise ConfigError(
+            f"the store holds {device.params.blocks} blocks of {device.params.block_size} B, "
+            f"but {config.blocks} of {config.block_size} B were asked for: "
+            "keep the settings the data directory was created with"
+        )
+    return device  # type: ignore[no-any-return]
+
+
+class _EpochThread(threading.Thread):
+    """Drains the journal every epoch; wakes early when ingest has filled a batch."""
+
+    def __init__(self, engine: IngestEngine, period: float) -> None:
+        super().__init__(name="otrace-epochs", daemon=True)
+        self.engine = engine
+        self.period = period
+        self.wake = threading.Event()
+        self.last_error = ""
+        self.epoch_seconds: list[float] = []
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait(self.period)
+            self.wake.clear()
+            try:
+                while (report := self.engine.drain_once()) is not None:
+                    self.epoch_seconds.append(report.seconds)
+                self.last_error = ""
+            except OTraceError as exc:  # keep the node up; the journal still holds the spans
+                self.last_error = str(exc)
+                log.error("epoch failed, will retry: %s", exc)
+                time.sleep(min(5.0, self.period * 5))
+
+
+def _ecalls(engine: IngestEngine, epochs: _EpochThread) -> EcallTable:
+    def ingest(payload: bytes) -> bytes:
+        items = [(str(ct), bytes(body)) for ct, body in cbor2.loads(payload)]
+        outcomes = engine.ingest(items)
+        if engine.journal_depth() >= 8:
+            epochs.wake.set()
+        rows = [[o.ok, o.accepted, o.rejected, o.message] for o in outcomes]
+        return cbor2.dumps({"outcomes": rows, "depth": engine.journal_depth()})
+
+    def flush(_: bytes) -> bytes:
+        return cbor2.dumps(engine.drain_all())
+
+    def scan(_: bytes) -> bytes:
+        return bytes(engine.scan().SerializeToString())
+
+    def stats(_: bytes) -> bytes:
+        seconds, epochs.epoch_seconds = epochs.epoch_seconds, []
+        oram = getattr(engine.device, "stats", None)
+        return cbor2.dumps(
+            {
+                "journal_depth": engine.journal_depth(),
+                "spans": engine.state.spans,
+                "epochs": engine.state.epochs,
+                "epoch_seconds": seconds,
+                "oram_accesses": getattr(oram, "logical_accesses", 0),
+                "stash_size": getattr(oram, "stash_size", 0),
+                "last_error": epochs.last_error,
+            }
+        )
+
+    return {"ingest": ingest, "flush": flush, "scan": scan, "stats": stats}

@@ -1,0 +1,130 @@
+"""Host side of ingest: concurrent Exports ride one `ingest` ecall (group commit).
+
+The host never parses span content: it queues (content type, raw body) pairs
+and hands everything queued to the enclave in one ecall, which validates and
+journals them in one transaction. While that ecall runs, new requests queue up
+for the next one. When too many requests wait, or the enclave reports a deep
+journal, new requests are refused as `Overloaded` with a retry delay: the
+receivers answer UNAVAILABLE (gRPC) or 503 (HTTP) with RetryInfo.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import cbor2
+
+from otrace.errors import OTraceError
+
+__all__ = ["Answer", "GroupCommitter", "Overloaded"]
+
+log = logging.getLogger("otrace.collector")
+EcallFn = Callable[[str, bytes], bytes]
+
+
+class Overloaded(OTraceError):
+    """The node sheds load; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The enclave's verdict on one Export."""
+
+    ok: bool
+    accepted: int
+    rejected: int
+    message: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    content_type: str
+    body: bytes
+    future: Future[Answer]
+
+
+class GroupCommitter:
+    """Batches Exports into `ingest` ecalls on one worker thread."""
+
+    def __init__(
+        self,
+        ecall: EcallFn,
+        *,
+        max_pending: int = 256,
+        max_journal_depth: int = 4096,
+        max_batch: int = 64,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._ecall = ecall
+        self._max_pending = max_pending
+        self._max_depth = max_journal_depth
+        self._max_batch = max_batch
+        self._retry_after = retry_after
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.journal_depth = 0
+        self.accepted_spans = 0
+        self.rejected_spans = 0
+        self.refused_requests = 0
+        self._worker = threading.Thread(target=self._run, name="otrace-group-commit", daemon=True)
+        self._worker.start()
+
+    def submit(self, content_type: str, body: bytes) -> Future[Answer]:
+        """Queues one Export; the future resolves once it is journaled (or refused)."""
+        with self._cond:
+            if self._closed:
+                raise Overloaded("the node is shutting down", self._retry_after)
+            if len(self._queue) >= self._max_pending or self.journal_depth >= self._max_depth:
+                self.refused_requests += 1
+                raise Overloaded(
+                    f"ingest is saturated ({len(self._queue)} requests queued, journal depth "
+                    f"{self.journal_depth}); retry later",
+                    self._retry_after,
+                )
+            item = _Pending(content_type, body, Future())
+            self._queue.append(item)
+            self._cond.notify()
+        return item.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            raw = self._ecall("ingest", cbor2.dumps([[p.content_type, p.body] for p in batch]))
+            reply = cbor2.loads(raw)
+        except OTraceError as exc:
+            log.error("ingest ecall failed: %s", exc)
+            for p in batch:
+                p.future.set_exception(Overloaded(f"ingest failed: {exc}", self._retry_after))
+            return
+        self.journal_depth = int(reply["depth"])
+        for p, (ok, accepted, rejected, message) in zip(batch, reply["outcomes"], strict=True):
+            self.accepted_spans += accepted
+            self.rejected_spans += rejected
+            p.future.set_result(Answer(bool(ok), int(accepted), int(rejected), str(message)))

@@ -1,0 +1,93 @@
+"""Prometheus metrics at /metrics, gathered on scrape from the host and the enclave."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cbor2
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from collector._group_commit import GroupCommitter
+from otrace.errors import ConfigError, OTraceError
+
+__all__ = ["MetricsServer"]
+
+_EPOCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _NodeCollector(Collector):
+    def __init__(self, committer: GroupCommitter, stats: Callable[[], dict[str, Any]]) -> None:
+        self._committer = committer
+        self._stats = stats
+        self._epoch_counts = [0] * (len(_EPOCH_BUCKETS) + 1)
+        self._epoch_sum = 0.0
+
+    def collect(self) -> Iterator[Any]:
+        c = self._committer
+        yield CounterMetricFamily("otrace_spans_accepted", "Spans journaled", c.accepted_spans)
+        yield CounterMetricFamily(
+            "otrace_spans_rejected",
+            "Spans dropped by validation (partial success)",
+            c.rejected_spans,
+        )
+        yield CounterMetricFamily(
+            "otrace_requests_refused", "Exports refused to shed load", c.refused_requests
+        )
+        try:
+            stats = self._stats()
+        except OTraceError:
+            return
+        yield GaugeMetricFamily(
+            "otrace_journal_depth", "Journal entries not yet in the ORAM", stats["journal_depth"]
+        )
+        yield CounterMetricFamily(
+            "otrace_oram_accesses", "Logical ORAM accesses", stats["oram_accesses"]
+        )
+        yield GaugeMetricFamily(
+            "otrace_oram_stash_size", "Blocks in the ORAM stash", stats["stash_size"]
+        )
+        yield CounterMetricFamily("otrace_spans_stored", "Spans stored in the ORAM", stats["spans"])
+        yield self._epochs(stats["epoch_seconds"])
+
+    def _epochs(self, seconds: list[float]) -> HistogramMetricFamily:
+        for value in seconds:
+            self._epoch_sum += value
+            index = next(
+                (i for i, b in enumerate(_EPOCH_BUCKETS) if value <= b), len(_EPOCH_BUCKETS)
+            )
+            self._epoch_counts[index] += 1
+        running, buckets = 0, []
+        for bound, count in zip(
+            (*map(str, _EPOCH_BUCKETS), "+Inf"), self._epoch_counts, strict=True
+        ):
+            running += count
+            buckets.append((bound, running))
+        return HistogramMetricFamily(
+            "otrace_epoch_seconds",
+            "Time to write one epoch to the ORAM",
+            buckets=buckets,
+            sum_value=self._epoch_sum,
+        )
+
+
+class MetricsServer:
+    """Serves the node's metrics in the Prometheus text format."""
+
+    def __init__(
+        self, address: str, committer: GroupCommitter, ecall: Callable[[str, bytes], bytes]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(committer, lambda: cbor2.loads(ecall("stats", b""))))
+        host, _, port = address.rpartition(":")
+        try:
+            self._server, self._thread = start_http_server(int(port), host, self.registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {address}: {exc}") from None
+        self.port = int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

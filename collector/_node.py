@@ -1,0 +1,172 @@
+"""One otrace node: embedded KMS, the collector enclave, OTLP receivers and metrics.
+
+    Node(settings).start()   # returns once every listener is up
+    node.stop()
+
+The embedded KMS runs in the node's own process on a loopback port and trusts
+the local operator: on start it makes sure its policy releases the node
+secrets to *this build's* measurement (replacing the rule for an older build),
+signed with an owner key kept in the platform directory. A cluster uses
+`otrace kms serve` instead, where measurements are approved explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cbor2
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from collector._enclave_app import NODE_SECRETS, EnclaveConfig
+from collector._group_commit import GroupCommitter
+from collector._grpc_receiver import GrpcReceiver, TlsFiles
+from collector._http_receiver import HttpReceiver
+from collector._metrics import MetricsServer
+from otrace.errors import ConfigError, UnavailableError
+from otrace.settings import Settings
+from tee import (
+    SECURITY_VERSION,
+    AuditHook,
+    Enclave,
+    Kms,
+    KmsPolicy,
+    KmsServer,
+    Platform,
+    PolicyRule,
+    load_or_create_owner_key,
+    measure_code,
+    serve_kms,
+    sign_policy,
+    trusted_package_roots,
+)
+
+__all__ = ["Node"]
+
+log = logging.getLogger("otrace.node")
+ENCLAVE_ENTRY = "collector._enclave_app:start"
+
+
+class Node:
+    """A single otrace node; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, audit: AuditHook | None = None) -> None:
+        self.settings = settings
+        self._audit = audit
+        self._kms_server: KmsServer | None = None
+        self.enclave: Enclave | None = None
+        self.committer: GroupCommitter | None = None
+        self.grpc: GrpcReceiver | None = None
+        self.http: HttpReceiver | None = None
+        self.metrics: MetricsServer | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        platform = Platform.open(s.platform_dir)
+        kms = _embedded_kms(platform, s.platform_dir)
+        self._kms_server = serve_kms(kms, "127.0.0.1:0")
+        self.enclave = Enclave(
+            ENCLAVE_ENTRY, self._enclave_config(kms).to_bytes(), audit=self._audit, timeout=600.0
+        )
+        self.enclave.start()
+        self.committer = GroupCommitter(self.enclave.call, max_pending=s.max_pending_requests)
+        self.grpc = GrpcReceiver(
+            self.committer,
+            s.otlp_grpc,
+            max_request_bytes=s.max_request_bytes,
+            token=s.auth_token,
+            tls=_tls(s),
+        )
+        self.grpc.start()
+        self.http = HttpReceiver(
+            self.committer, s.otlp_http, max_request_bytes=s.max_request_bytes, token=s.auth_token
+        )
+        self.http.start()
+        if s.metrics:
+            self.metrics = MetricsServer(s.metrics, self.committer, self.enclave.call)
+        log.info("otrace node up: OTLP/gRPC :%s, OTLP/HTTP :%s", self.grpc.port, self.http.port)
+
+    def _enclave_config(self, kms: Kms) -> EnclaveConfig:
+        s = self.settings
+        return EnclaveConfig(
+            store_url=s.store_url,
+            journal_path="" if s.store else str(s.data_dir / "journal.sqlite"),
+            platform_dir=str(s.platform_dir),
+            kms_target=f"127.0.0.1:{self._kms_server.port if self._kms_server else 0}",
+            kms_key=kms.public_key,
+            storage=s.storage,
+            blocks=s.oram_blocks,
+            block_size=s.block_size,
+            batch=s.oram_batch,
+            cache_levels=s.cache_levels,
+            epoch_ms=s.epoch_ms,
+        )
+
+    def flush(self) -> int:
+        """Drains the journal into the ORAM now; returns the epochs run."""
+        return int(cbor2.loads(self._running().call("flush")))
+
+    def scan(self) -> bytes:
+        """Every stored span as serialized OTLP TracesData (reads the whole ORAM)."""
+        return self._running().call("scan")
+
+    def _running(self) -> Enclave:
+        if self.enclave is None:
+            raise UnavailableError("the node is not started")
+        return self.enclave
+
+    def stop(self) -> None:
+        """Stops listeners first, then lets queued Exports finish, then the enclave."""
+        for receiver in (self.grpc, self.http, self.metrics):
+            if receiver is not None:
+                receiver.stop()
+        if self.committer is not None:
+            self.committer.close()
+        if self.enclave is not None:
+            self.enclave.close()
+        if self._kms_server is not None:
+            self._kms_server.stop()
+
+
+def _embedded_kms(platform: Platform, platform_dir: Path) -> Kms:
+    tee_root = [r for r in trusted_package_roots() if r.name == "tee"]
+    kms = Kms(
+        platform_dir / "kms", platform, platform.identity(measure_code(tee_root), SECURITY_VERSION)
+    )
+    owner = load_or_create_owner_key(platform_dir / "kms-owner.key")
+    owner_public = owner.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    measurement = measure_code()
+    current = kms.policy()
+    parsed = current.parsed() if current is not None else None
+    wanted = PolicyRule(secrets=NODE_SECRETS, measurement=measurement)
+    if parsed is not None and wanted in parsed.rules:
+        return kms
+    others = tuple(
+        r for r in (parsed.rules if parsed else ()) if set(r.secrets) != set(NODE_SECRETS)
+    )
+    policy = KmsPolicy(
+        rules=(*others, wanted),
+        trusted_platform_keys=(platform.attestation_public_key,),
+        owners=parsed.owners if parsed else (owner_public,),
+        predecessor=parsed.digest if parsed else None,
+        allow_simulated=True,
+    )
+    kms.set_policy(sign_policy(policy, owner))
+    log.info("embedded KMS now releases node secrets to measurement %s", measurement.hex()[:16])
+    return kms
+
+
+def _tls(s: Settings) -> TlsFiles | None:
+    if not s.tls_cert:
+        return None
+    try:
+        client_ca = _read(s.tls_client_ca) if s.tls_client_ca else None
+        return TlsFiles(_read(s.tls_cert), _read(s.tls_key), client_ca)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS files: {exc}") from None
+
+
+def _read(path: str) -> bytes:
+    return Path(os.path.expanduser(path)).read_bytes()

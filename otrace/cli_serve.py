@@ -1,0 +1,93 @@
+"""`otrace serve`: run a node until interrupted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from otrace.settings import load_settings
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory. [./otrace-data]")
+@click.option(
+    "--store",
+    help="Store URL (SQLAlchemy), e.g. postgresql+psycopg://u@h/db. "
+    "[SQLite inside the data directory]",
+)
+@click.option("--otlp-grpc", help="OTLP/gRPC listen address. [127.0.0.1:4317]")
+@click.option("--otlp-http", help="OTLP/HTTP listen address. [127.0.0.1:4318]")
+@click.option("--query", help="Query API listen address (not served yet). [127.0.0.1:16685]")
+@click.option("--metrics", help="Prometheus /metrics address; '' disables. [127.0.0.1:8888]")
+@click.option(
+    "--storage",
+    type=click.Choice(["oram", "encrypted"]),
+    help="oram: Path ORAM (hides access patterns); encrypted: AES-GCM blocks "
+    "addressed directly (the baseline; leaks which blocks are touched). [oram]",
+)
+@click.option(
+    "--platform-dir",
+    type=click.Path(path_type=Path),
+    help="Emulated platform directory (keys, counters, embedded KMS). [~/.otrace/platform]",
+)
+@click.option("--oram-blocks", type=int, help="ORAM capacity in blocks, fixed at creation. [65536]")
+@click.option("--block-size", type=int, help="Block size in bytes, fixed at creation. [4096]")
+@click.option("--epoch", "epoch_ms", help="Epoch period, e.g. 200ms. [200ms]")
+@click.option(
+    "--max-request-size",
+    "max_request_bytes",
+    help="Largest Export after decompression, e.g. 16MiB. [16MiB]",
+)
+@click.option("--tls-cert", help="PEM certificate: serve OTLP/gRPC over TLS.")
+@click.option("--tls-key", help="PEM private key for --tls-cert.")
+@click.option("--tls-client-ca", help="PEM CA: require client certificates (mTLS).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="TOML file with the same settings (an [otrace] table or top level).",
+)
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run an otrace node: OTLP receivers, the enclave, the ORAM store.
+
+    Point any OpenTelemetry exporter at it (OTEL_EXPORTER_OTLP_ENDPOINT=
+    http://127.0.0.1:4317). Every setting can also come from an OTRACE_*
+    environment variable (OTRACE_DATA_DIR, OTRACE_STORE, OTRACE_AUTH_TOKEN
+    for a bearer token, ...) or a TOML --config file; flags win.
+    """
+    from collector import Node
+
+    settings = load_settings(flags, os.environ, config_file)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    console = Console(stderr=True)
+    node = Node(settings)
+    with console.status(
+        "starting: attesting to the KMS, opening the ORAM (first start writes the tree)"
+    ):
+        node.start()
+    table = Table(title="otrace node", show_header=False)
+    assert node.grpc is not None and node.http is not None
+    table.add_row("OTLP/gRPC", node.grpc.address)
+    table.add_row("OTLP/HTTP", f"http://127.0.0.1:{node.http.port}/v1/traces")
+    metrics = f"http://127.0.0.1:{node.metrics.port}/metrics" if node.metrics else "off"
+    table.add_row("metrics", metrics)
+    table.add_row("storage", f"{settings.storage} at {settings.store_url}")
+    console.print(table)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping: finishing queued Exports")
+    node.stop()

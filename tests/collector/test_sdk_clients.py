@@ -1,0 +1,50 @@
+"""Real OpenTelemetry SDK exporters, configured only by environment, against a real node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector import Node
+from tests.collector.conftest import spans_of, stored
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _export(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "tests.collector.sdk_exporter"],
+        cwd=ROOT,
+        env={**os.environ, **env, "TRACES": "5"},
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "compression"), [("grpc", "none"), ("grpc", "gzip"), ("http/protobuf", "gzip")]
+)
+def test_sdk_exporter_spans_are_stored(node: Node, protocol: str, compression: str) -> None:
+    assert node.grpc is not None and node.http is not None
+    port = node.grpc.port if protocol == "grpc" else node.http.port
+    env = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_SERVICE_NAME": f"checkout-{protocol}",
+    }
+    if compression == "gzip":
+        env["OTEL_EXPORTER_OTLP_COMPRESSION"] = "gzip"
+    _export(env)
+    spans = spans_of(stored(node))
+    assert len(spans) == 10
+    assert {s[4] for s in spans} == {f"checkout-{protocol}"}
+    roots = {s[1]: s for s in spans if s[3] == "GET /checkout"}
+    children = [s for s in spans if s[3] == "SELECT orders"]
+    assert len(roots) == 5 and len(children) == 5
+    for child in children:
+        assert child[2] in roots and roots[child[2]][0] == child[0]  # same trace, right parent
