@@ -100,6 +100,7 @@ class IngestEngine:
         self._max_entries = max_epoch_entries
         self._drain_lock = threading.Lock()
         self.state = self._load_state()
+        journal.resume_after(self.state.watermark)
 
     # ----------------------------------------------------------------- ingest
 

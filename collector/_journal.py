@@ -79,6 +79,11 @@ class Journal:
 
         return cls(engine, key)
 
+    def resume_after(self, watermark: int) -> None:
+        """Numbers new entries after `watermark`, even when every entry was truncated."""
+        with self._lock:
+            self._next = max(self._next, watermark + 1)
+
     @property
     def last_seq(self) -> int:
         return self._next - 1

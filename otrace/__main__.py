@@ -1,0 +1,5 @@
+"""`python -m otrace` runs the CLI."""
+
+from otrace.cli import main
+
+main()
