@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import cbor2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -226,13 +225,24 @@ def _context(seq: int) -> bytes:
     return b"otrace-ingest-state\x00" + struct.pack("<Q", seq)
 
 
+_STATE_LAYOUT = struct.Struct("<QQQQBQQQQ")  # fixed size: counters never show in the row length
+
+
 def _encode(state: IngestState) -> bytes:
-    pending = list(state.pending) if state.pending is not None else None
-    return cbor2.dumps([state.watermark, state.next_block, state.epochs, state.spans, pending])
+    pending = state.pending or (0, 0, 0, 0)
+    return _STATE_LAYOUT.pack(
+        state.watermark,
+        state.next_block,
+        state.epochs,
+        state.spans,
+        state.pending is not None,
+        *pending,
+    )
 
 
 def _decode(raw: bytes) -> IngestState:
-    watermark, next_block, epochs, spans, pending = cbor2.loads(raw)
+    watermark, next_block, epochs, spans, has_pending, *pending = _STATE_LAYOUT.unpack(raw)
+    first, last, done, base = pending
     return IngestState(
-        watermark, next_block, epochs, spans, tuple(pending) if pending is not None else None
+        watermark, next_block, epochs, spans, (first, last, done, base) if has_pending else None
     )

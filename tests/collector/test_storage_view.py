@@ -1,0 +1,52 @@
+"""What the untrusted storage holds after ingest: no plaintext, fixed sizes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from collector import Node
+from collector._journal import size_class
+from tests.collector.conftest import spans_of, stored
+from tests.collector.otlp_helpers import grpc_export, request
+
+SECRET_SERVICE = "payments-secret-svc"
+SECRET_VALUE = "card=4111111111111111"
+
+
+def _files(data_dir: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(data_dir.iterdir()) if p.is_file()]
+
+
+def test_storage_never_sees_plaintext(node: Node) -> None:
+    assert node.grpc is not None
+    trace_id = os.urandom(16)
+    req = request(6, SECRET_SERVICE, trace_id=trace_id)
+    for span in req.resource_spans[0].scope_spans[0].spans:
+        span.attributes.add(key="payment").value.string_value = SECRET_VALUE
+    grpc_export(node.grpc.port, req.SerializeToString())
+    # Before the epoch (journal only) and after it (ORAM), nothing readable on disk.
+    markers = [SECRET_SERVICE.encode(), SECRET_VALUE.encode(), trace_id, trace_id.hex().encode()]
+    for blob in _files(node.settings.data_dir):
+        assert not any(m in blob for m in markers)
+    assert len(spans_of(stored(node))) == 6
+    for blob in _files(node.settings.data_dir):
+        assert not any(m in blob for m in markers)
+
+
+def test_rows_have_fixed_or_classed_sizes(node: Node) -> None:
+    assert node.grpc is not None
+    for n in (1, 7, 40):
+        grpc_export(node.grpc.port, request(n).SerializeToString())
+    data = node.settings.data_dir
+    with sqlite3.connect(data / "journal.sqlite") as conn:
+        sizes = [n for (n,) in conn.execute("SELECT length(blob) FROM ingest_journal")]
+    # nonce + tag around a power-of-two class
+    assert sizes and all((s - 28) in {size_class(x) for x in range(1 << 16)} for s in sizes)
+    node.flush()
+    with sqlite3.connect(data / "otrace.sqlite") as conn:
+        blob_sizes = {n for (n,) in conn.execute("SELECT DISTINCT length(blob) FROM oram_spans")}
+        aux = [n for (n,) in conn.execute("SELECT length(blob) FROM oram_aux")]
+    assert len(blob_sizes) == 1
+    assert len(aux) == 1
