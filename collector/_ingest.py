@@ -176,8 +176,7 @@ class IngestEngine:
             else:
                 new = IngestState(last, base + len(blocks), st.epochs + 1, st.spans + spans)
             # An epoch of empty requests still commits its watermark: a dummy read.
-            self.device.access_batch(ops or [Read(0)], in_transaction=self._saver(new))
-            self.state = new
+            self._access(ops or [Read(0)], new)
             if new.pending is None:
                 return
 
@@ -191,11 +190,19 @@ class IngestEngine:
             blocks: list[bytes] = []
             for start in range(0, total, p.batch_size):
                 ids = range(start, min(total, start + p.batch_size))
-                got = self.device.access_batch([Read(b) for b in ids])
+                got = self._access([Read(b) for b in ids], self.state)
                 blocks.extend(b for b in got if b is not None)
             return traces_data(unpack_blocks(blocks))
 
     # ------------------------------------------------------------ sealed state
+
+    def _access(self, ops: Sequence[Read | Write], state: IngestState) -> list[bytes | None]:
+        """Every device batch goes through here: reads commit too (they rewrite paths),
+        and the sealed ingest state is bound to the commit number, so each batch
+        re-seals it in the same transaction."""
+        results = self.device.access_batch(ops, in_transaction=self._saver(state))
+        self.state = state
+        return results
 
     def _saver(self, state: IngestState) -> TransactionHook:
         def save(txn: TreeTransaction, seq: int) -> None:

@@ -48,3 +48,21 @@ def test_sdk_exporter_spans_are_stored(node: Node, protocol: str, compression: s
     assert len(roots) == 5 and len(children) == 5
     for child in children:
         assert child[2] in roots and roots[child[2]][0] == child[0]  # same trace, right parent
+
+
+def test_node_on_either_store_keeps_spans_across_restart(tmp_path: Path, store_url: str) -> None:
+    from collector import Node
+    from tests.collector.conftest import node_settings
+    from tests.collector.otlp_helpers import grpc_export, request
+
+    settings = node_settings(tmp_path, store=store_url, storage="oram")
+    for round_ in range(2):
+        node = Node(settings)
+        node.start()
+        try:
+            assert node.grpc is not None
+            grpc_export(node.grpc.port, request(3, f"round-{round_}").SerializeToString())
+            services = sorted({s[4] for s in spans_of(stored(node))})
+        finally:
+            node.stop()
+        assert services == [f"round-{r}" for r in range(round_ + 1)]

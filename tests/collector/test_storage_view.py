@@ -50,3 +50,31 @@ def test_rows_have_fixed_or_classed_sizes(node: Node) -> None:
         aux = [n for (n,) in conn.execute("SELECT length(blob) FROM oram_aux")]
     assert len(blob_sizes) == 1
     assert len(aux) == 1
+
+
+def test_an_older_ingest_state_put_back_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from otrace.errors import IntegrityError
+    from tests.collector.conftest import node_settings
+
+    settings = node_settings(tmp_path)
+    db = settings.data_dir / "otrace.sqlite"
+    node = Node(settings)
+    node.start()
+    try:
+        assert node.grpc is not None
+        grpc_export(node.grpc.port, request(2).SerializeToString())
+        node.flush()
+        with sqlite3.connect(db) as conn:
+            (old,) = conn.execute("SELECT blob FROM oram_aux").fetchone()
+        grpc_export(node.grpc.port, request(2).SerializeToString())
+        node.flush()
+    finally:
+        node.stop()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE oram_aux SET blob = ?", (old,))
+    again = Node(settings)
+    with pytest.raises(IntegrityError, match="sealed ingest state does not belong"):
+        again.start()
+    again.stop()
