@@ -25,7 +25,6 @@ __all__ = ["BucketStore", "SqlBucketStore", "StateRecord", "TreeTransaction"]
 
 CHECKPOINT = 1
 DELTA = 2
-_LOAD_CHUNK = 2048
 _PG_TREE_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
 
 
@@ -314,10 +313,29 @@ class SqlBucketStore(BucketStore):
                     for row in it:
                         copy.write_row(row)
             return
-        sql = f'INSERT INTO "{table.name}" (idx, version, blob) VALUES (?, ?, ?)'
-        while chunk := list(itertools.islice(it, _LOAD_CHUNK * 16)):
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(sql, chunk)
+        self._sqlite_bulk_insert(table, it)
+
+    def _sqlite_bulk_insert(self, table: sa.Table, rows: Iterator[tuple[int, int, bytes]]) -> None:
+        # WAL writes every page twice (log, then checkpoint). New pages of a new
+        # table are not journaled in rollback mode, so loading in TRUNCATE mode
+        # writes the tree about once, and a crash still rolls back cleanly.
+        # Switching modes needs the only connection: drop the pooled ones first.
+        self.engine.dispose()
+        raw: Any = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA journal_mode=TRUNCATE")
+            sql = f'INSERT INTO "{table.name}" (idx, version, blob) VALUES (?, ?, ?)'
+            while (first := next(rows, None)) is not None:
+                # executemany consumes the iterator: one transaction per 64 Ki rows,
+                # never more than one row in memory.
+                cur.execute("BEGIN IMMEDIATE")
+                cur.executemany(sql, itertools.chain([first], itertools.islice(rows, 65535)))
+                cur.execute("COMMIT")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+        finally:
+            raw.close()
 
     def load_meta(self, tree_id: str) -> bytes | None:
         mt = self.meta_table
