@@ -112,6 +112,10 @@ class Node:
         """Every stored span as serialized OTLP TracesData (reads the whole ORAM)."""
         return self._running().call("scan")
 
+    def stats(self) -> dict[str, object]:
+        """The enclave's counters: journal depth, spans stored, epochs, ORAM accesses."""
+        return dict(cbor2.loads(self._running().call("stats")))
+
     def _running(self) -> Enclave:
         if self.enclave is None:
             raise UnavailableError("the node is not started")

@@ -1,0 +1,1 @@
+"""Benchmarks behind `otrace bench`."""
