@@ -134,10 +134,15 @@ def _span_problem(span: Span, limits: Limits) -> str | None:
         return f"name longer than {limits.max_name_bytes} bytes"
     if len(span.attributes) > limits.max_attributes:
         return f"more than {limits.max_attributes} attributes"
-    if any(_value_size(kv) > limits.max_attribute_bytes for kv in span.attributes):
-        return f"an attribute value larger than {limits.max_attribute_bytes} bytes"
-    if span.ByteSize() > limits.max_span_bytes:
+    size = span.ByteSize()
+    if size > limits.max_span_bytes:
         return f"span larger than {limits.max_span_bytes} bytes"
+    # A value over the limit makes the whole span over it: only then size each one
+    # (sizing every value of every span was 15% of the enclave's time).
+    if size > limits.max_attribute_bytes and any(
+        _value_size(kv) > limits.max_attribute_bytes for kv in span.attributes
+    ):
+        return f"an attribute value larger than {limits.max_attribute_bytes} bytes"
     return None
 
 

@@ -136,3 +136,18 @@ def test_health_and_metrics(node: Node) -> None:
     assert "otrace_spans_stored_total 5.0" in text
     assert "otrace_journal_depth 0.0" in text
     assert "otrace_epoch_seconds_count" in text
+
+
+def test_oversize_attribute_and_too_many_attributes_are_rejected(node: Node) -> None:
+    grpc_port, _ = _ports(node)
+    req = request(3, "limits")
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans[0].attributes.add(key="blob").value.string_value = "x" * (65 << 10)
+    for i in range(129):
+        spans[1].attributes.add(key=f"a{i}").value.int_value = i
+    reply = ExportTraceServiceResponse.FromString(grpc_export(grpc_port, req.SerializeToString()))
+    assert reply.partial_success.rejected_spans == 2
+    message = reply.partial_success.error_message
+    assert "an attribute value larger than 65536 bytes" in message
+    assert "more than 128 attributes" in message
+    assert [s[3] for s in spans_of(stored(node))] == ["op-2"]
