@@ -55,6 +55,8 @@ class Node:
         self.settings = settings
         self._audit = audit
         self._kms_server: KmsServer | None = None
+        self.kms_target = ""
+        self.kms_key = b""
         self.enclave: Enclave | None = None
         self.committer: GroupCommitter | None = None
         self.grpc: GrpcReceiver | None = None
@@ -67,6 +69,7 @@ class Node:
         platform = Platform.open(s.platform_dir)
         kms = _embedded_kms(platform, s.platform_dir)
         self._kms_server = serve_kms(kms, "127.0.0.1:0")
+        self.kms_target, self.kms_key = f"127.0.0.1:{self._kms_server.port}", kms.public_key
         self.enclave = Enclave(
             ENCLAVE_ENTRY, self._enclave_config(kms).to_bytes(), audit=self._audit, timeout=600.0
         )
