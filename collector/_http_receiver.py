@@ -5,12 +5,15 @@ Answers as the OTLP specification says: 200 with an ExportTraceServiceResponse
 400 with a google.rpc.Status for a malformed body, 413 when the body (after
 decompression) is over the limit, 415 for another content type, 401 for a
 missing or wrong bearer token, and 503 with `Retry-After` when shedding load.
+With an `ssl_context` it serves HTTPS (and requires client certificates when
+the context does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ssl
 import threading
 from typing import Any
 
@@ -32,9 +35,16 @@ class HttpReceiver:
     """aiohttp server on its own thread and event loop."""
 
     def __init__(
-        self, committer: GroupCommitter, address: str, *, max_request_bytes: int, token: str = ""
+        self,
+        committer: GroupCommitter,
+        address: str,
+        *,
+        max_request_bytes: int,
+        token: str = "",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._committer = committer
+        self._ssl_context = ssl_context
         self._limit = max_request_bytes
         self._expected = f"Bearer {token}".encode() if token else None
         host, _, port = address.rpartition(":")
@@ -61,7 +71,7 @@ class HttpReceiver:
         app.router.add_post("/v1/traces", self._traces)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         await site.start()
         return int(self._runner.addresses[0][1])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from pathlib import Path
 
 import cbor2
@@ -65,6 +66,9 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        # Read and check the TLS files before anything starts, so a bad file
+        # fails fast with its own message and leaves nothing running.
+        tls, ssl_context = _tls(s), _ssl_context(s)
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         platform = Platform.open(s.platform_dir)
         kms = _embedded_kms(platform, s.platform_dir)
@@ -80,11 +84,15 @@ class Node:
             s.otlp_grpc,
             max_request_bytes=s.max_request_bytes,
             token=s.auth_token,
-            tls=_tls(s),
+            tls=tls,
         )
         self.grpc.start()
         self.http = HttpReceiver(
-            self.committer, s.otlp_http, max_request_bytes=s.max_request_bytes, token=s.auth_token
+            self.committer,
+            s.otlp_http,
+            max_request_bytes=s.max_request_bytes,
+            token=s.auth_token,
+            ssl_context=ssl_context,
         )
         self.http.start()
         if s.metrics:
@@ -175,5 +183,30 @@ def _tls(s: Settings) -> TlsFiles | None:
         raise ConfigError(f"cannot read TLS files: {exc}") from None
 
 
+def _ssl_context(s: Settings) -> ssl.SSLContext | None:
+    """The OTLP/HTTP receiver's TLS; loading it also checks that key and certificate match."""
+    if not s.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(_path(s.tls_cert), _path(s.tls_key), password=_no_password)
+        if s.tls_client_ca:
+            # Only this CA: no system roots, which would admit any public CA's clients.
+            context.load_verify_locations(cafile=_path(s.tls_client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"unusable TLS files (tls_cert, tls_key, tls_client_ca): {exc}") from None
+    return context
+
+
+def _no_password() -> bytes:
+    raise ConfigError("the TLS key (tls_key) is encrypted: give an unencrypted PEM key")
+
+
 def _read(path: str) -> bytes:
-    return Path(os.path.expanduser(path)).read_bytes()
+    return _path(path).read_bytes()
+
+
+def _path(path: str) -> Path:
+    return Path(os.path.expanduser(path))

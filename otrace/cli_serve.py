@@ -48,7 +48,7 @@ __all__ = ["serve"]
     "max_request_bytes",
     help="Largest Export after decompression, e.g. 16MiB. [16MiB]",
 )
-@click.option("--tls-cert", help="PEM certificate: serve OTLP/gRPC over TLS.")
+@click.option("--tls-cert", help="PEM certificate: serve OTLP/gRPC and OTLP/HTTP over TLS.")
 @click.option("--tls-key", help="PEM private key for --tls-cert.")
 @click.option("--tls-client-ca", help="PEM CA: require client certificates (mTLS).")
 @click.option(
@@ -80,7 +80,8 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     table = Table(title="otrace node", show_header=False)
     assert node.grpc is not None and node.http is not None
     table.add_row("OTLP/gRPC", node.grpc.address)
-    table.add_row("OTLP/HTTP", f"http://127.0.0.1:{node.http.port}/v1/traces")
+    scheme = "https" if settings.tls_cert else "http"
+    table.add_row("OTLP/HTTP", f"{scheme}://127.0.0.1:{node.http.port}/v1/traces")
     metrics = f"http://127.0.0.1:{node.metrics.port}/metrics" if node.metrics else "off"
     table.add_row("metrics", metrics)
     table.add_row("storage", f"{settings.storage} at {settings.store_url}")

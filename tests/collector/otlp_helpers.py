@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector._grpc_receiver import EXPORT
+
+ROOT = Path(__file__).resolve().parents[2]
+# requests lets these override the session's `verify`, so with either one set the
+# HTTP exporter would ignore OTEL_EXPORTER_OTLP_CERTIFICATE.
+_CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def request(
@@ -51,3 +59,24 @@ def http_post(
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def run_sdk_exporter(env: dict[str, str], *, traces: int = 5) -> subprocess.CompletedProcess[str]:
+    """Runs tests/collector/sdk_exporter.py (two spans a trace) configured by `env` alone.
+
+    Inherited OTEL_* and CA-bundle variables are dropped. Its exit code is 1 when
+    an export failed; its stderr holds the SDK's log.
+    """
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OTEL_") and k not in _CA_BUNDLE_VARIABLES
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tests.collector.sdk_exporter"],
+        cwd=ROOT,
+        env={**inherited, **env, "TRACES": str(traces)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

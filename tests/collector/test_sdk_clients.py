@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from collector import Node
 from tests.collector.conftest import spans_of, stored
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _export(env: dict[str, str]) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "tests.collector.sdk_exporter"],
-        cwd=ROOT,
-        env={**os.environ, **env, "TRACES": "5"},
-        check=True,
-        timeout=60,
-    )
+from tests.collector.otlp_helpers import run_sdk_exporter
 
 
 @pytest.mark.parametrize(
@@ -39,7 +23,8 @@ def test_sdk_exporter_spans_are_stored(node: Node, protocol: str, compression: s
     }
     if compression == "gzip":
         env["OTEL_EXPORTER_OTLP_COMPRESSION"] = "gzip"
-    _export(env)
+    run = run_sdk_exporter(env)
+    assert run.returncode == 0, run.stderr
     spans = spans_of(stored(node))
     assert len(spans) == 10
     assert {s[4] for s in spans} == {f"checkout-{protocol}"}
