@@ -76,6 +76,9 @@ class HttpReceiver:
         return int(self._runner.addresses[0][1])
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            self._loop.close()
+            return
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -65,6 +65,14 @@ class Node:
         self.metrics: MetricsServer | None = None
 
     def start(self) -> None:
+        """Starts every part; if one fails, stops those already running and re-raises."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         s = self.settings
         # Read and check the TLS files before anything starts, so a bad file
         # fails fast with its own message and leaves nothing running.
@@ -134,15 +142,20 @@ class Node:
 
     def stop(self) -> None:
         """Stops listeners first, then lets queued Exports finish, then the enclave."""
-        for receiver in (self.grpc, self.http, self.metrics):
+        grpc_rx, http_rx, metrics = self.grpc, self.http, self.metrics
+        self.grpc = self.http = self.metrics = None
+        for receiver in (grpc_rx, http_rx, metrics):
             if receiver is not None:
                 receiver.stop()
         if self.committer is not None:
             self.committer.close()
+            self.committer = None
         if self.enclave is not None:
             self.enclave.close()
+            self.enclave = None
         if self._kms_server is not None:
             self._kms_server.stop()
+            self._kms_server = None
 
 
 def _embedded_kms(platform: Platform, platform_dir: Path) -> Kms:

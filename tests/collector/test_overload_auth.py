@@ -90,3 +90,18 @@ def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
         assert len(spans_of(stored(node))) == 4
     finally:
         node.stop()
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
+    import socket
+
+    from otrace.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = Node(node_settings(tmp_path, otlp_http=f"127.0.0.1:{port}"))
+        with pytest.raises(ConfigError, match="cannot listen for OTLP/HTTP"):
+            node.start()
+    assert node.enclave is None and node.grpc is None and node.committer is None
