@@ -11,6 +11,7 @@ policy is signed by one of its own owners). Secret names are `oram_key`,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,8 +77,9 @@ class PolicyRule:
 
     def matches(self, identity: EnclaveIdentity) -> bool:
         if self.measurement is not None:
-            return identity.measurement == self.measurement
-        return identity.signer == self.signer
+            return hmac.compare_digest(identity.measurement, self.measurement)
+        assert self.signer is not None  # __post_init__: exactly one of the two is set
+        return hmac.compare_digest(identity.signer, self.signer)
 
 
 @dataclass(frozen=True, slots=True)
