@@ -11,6 +11,7 @@ import sys
 import click
 
 from otrace import __version__
+from otrace.bench._cli import bench
 from otrace.errors import OTraceError
 
 
@@ -23,6 +24,9 @@ def cli() -> None:
     ORAM, so the storage sees fixed-size ciphertext and random paths only.
     Run `otrace COMMAND --help` for each command.
     """
+
+
+cli.add_command(bench)
 
 
 def main() -> None:
