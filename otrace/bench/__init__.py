@@ -8,6 +8,7 @@ an optional callback; drawing tables and progress bars is the CLI's job.
 """
 
 from otrace.bench.oram import (
+    FloorRun,
     OramBenchConfig,
     OramBenchReport,
     OtraceRun,
@@ -19,6 +20,7 @@ from otrace.bench.oram import (
 )
 
 __all__ = [
+    "FloorRun",
     "OramBenchConfig",
     "OramBenchReport",
     "OtraceRun",

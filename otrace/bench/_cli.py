@@ -46,14 +46,18 @@ top C tree levels cached in memory:
                    path and height+1 UPDATEs of random blobs in one
                    transaction, same SQLite pragmas, rows and blob size,
                    no crypto and no ORAM logic
+  storage floor    the same for a batch: the union of K random paths per
+    (K=...)        transaction, A/K transactions
 
 \b
 Figures:
   ops/s       logical accesses per second (a batch of K counts K)
   ms/op       wall time per logical access
   x PyORAM    ops/s divided by PyORAM's ops/s (higher is better)
-  x floor     ms/op divided by the floor's ms/op: how far the variant is
-              from the storage's own cost (1.0 is the floor itself)
+  x floor     ms/op divided by the ms/op of the floor with the same
+              pattern (batched otrace: the batched floor; the others: the
+              single-access floor): how far the variant is from what the
+              storage alone costs (1.00x is the floor itself)
   init        seconds to build and open the empty single-access tree
   peak RSS    largest resident memory of the process (whole run, during
               init, and during the otrace variants only)
@@ -172,7 +176,7 @@ def _oram_summary(report: OramBenchReport) -> str:
         f"peak RSS during init {report.single.init_peak_rss_mib:.1f} MiB, "
         f"database {report.single.db_mib:,.0f} MiB",
         f"init (batched tree): {report.batched.init_s:.2f} s; "
-        f"floor table load: {report.floor_load_s:.2f} s",
+        f"floor table load: {report.floor.load_s:.2f} s",
         f"peak RSS: {report.peak_rss_mib:.1f} MiB whole run, "
         f"{report.otrace_peak_rss_mib:.1f} MiB through the otrace variants",
         f"stash peak: {report.single.stash_peak} (single), {report.batched.stash_peak} (batched)",

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,11 @@ from oram_store import (
     StateRecord,
     Write,
 )
+from otrace.bench._support import ProgressCallback, RssMeter, TempStore, Ticker, peak_rss_mib
 from otrace.errors import ConfigError
 
 __all__ = [
+    "FloorRun",
     "MixedOp",
     "OramBenchConfig",
     "OramBenchReport",
@@ -51,14 +51,12 @@ __all__ = [
     "run_oram_bench",
 ]
 
-ProgressCallback = Callable[[str, int, int], None]
 MixedOp = tuple[int, bool]  # (block id, is_write)
 
 _SINGLE_TREE = "bench_single"
 _BATCHED_TREE = "bench_batched"
 _FLOOR_TREE = "bench_floor"
 _BLOB_POOL = 64  # distinct random blobs the floor cycles through
-_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +126,15 @@ class PyOramRun:
 
 
 @dataclass(frozen=True, slots=True)
+class FloorRun:
+    """The storage floor for single accesses and for batches of K, and its table's load time."""
+
+    single: VariantResult
+    batched: VariantResult
+    load_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class OramBenchReport:
     """Everything one `otrace bench oram` run measured."""
 
@@ -135,8 +142,7 @@ class OramBenchReport:
     height: int
     single: OtraceRun
     batched: OtraceRun
-    floor: VariantResult
-    floor_load_s: float
+    floor: FloorRun
     pyoram: PyOramRun | None
     otrace_peak_rss_mib: float
     peak_rss_mib: float
@@ -146,7 +152,7 @@ class OramBenchReport:
         found = [self.single.result, self.batched.result]
         if self.pyoram is not None:
             found.append(self.pyoram.result)
-        return [*found, self.floor]
+        return [*found, self.floor.single, self.floor.batched]
 
     def speedup_vs_pyoram(self, variant: VariantResult) -> float | None:
         """How many times more accesses per second than PyORAM (None without PyORAM)."""
@@ -154,9 +160,15 @@ class OramBenchReport:
             return None
         return variant.ops_per_s / self.pyoram.result.ops_per_s
 
+    def floor_for(self, variant: VariantResult) -> VariantResult:
+        """The floor with the same access pattern: batched for batched otrace, else single."""
+        if variant in (self.batched.result, self.floor.batched):
+            return self.floor.batched
+        return self.floor.single
+
     def time_vs_floor(self, variant: VariantResult) -> float:
-        """Time per access as a multiple of the storage floor's."""
-        return variant.ms_per_op / self.floor.ms_per_op
+        """Time per access as a multiple of the storage floor's for the same pattern."""
+        return variant.ms_per_op / self.floor_for(variant).ms_per_op
 
     def to_json(self) -> dict[str, float | int | None]:
         """Flat keys for dashboards and regression tracking."""
@@ -165,13 +177,14 @@ class OramBenchReport:
             "otrace_single_ops_per_s": self.single.result.ops_per_s,
             "otrace_batched_ops_per_s": self.batched.result.ops_per_s,
             "pyoram_ops_per_s": None if py is None else py.result.ops_per_s,
-            "floor_ops_per_s": self.floor.ops_per_s,
+            "floor_ops_per_s": self.floor.single.ops_per_s,
             "peak_rss_mib": self.peak_rss_mib,
             "init_s": self.single.init_s,
             "init_peak_rss_mib": self.single.init_peak_rss_mib,
             "otrace_peak_rss_mib": self.otrace_peak_rss_mib,
             "init_batched_s": self.batched.init_s,
-            "floor_load_s": self.floor_load_s,
+            "floor_batched_ops_per_s": self.floor.batched.ops_per_s,
+            "floor_load_s": self.floor.load_s,
             "pyoram_setup_s": None if py is None else py.setup_s,
             "single_vs_pyoram": self.speedup_vs_pyoram(self.single.result),
             "batched_vs_pyoram": self.speedup_vs_pyoram(self.batched.result),
@@ -203,7 +216,7 @@ def run_oram_bench(
     meter = RssMeter()
     single = measure_otrace_single(config, workdir, workload, payload, progress, meter)
     batched = measure_otrace_batched(config, workdir, rng, payload, progress, meter)
-    floor, floor_load_s = measure_floor(config, workdir, rng, progress)
+    floor = measure_floor(config, workdir, rng, progress)
     meter.mark()
     otrace_peak = meter.overall
     pyoram = None
@@ -217,7 +230,6 @@ def run_oram_bench(
         single=single,
         batched=batched,
         floor=floor,
-        floor_load_s=floor_load_s,
         pyoram=pyoram,
         otrace_peak_rss_mib=otrace_peak,
         peak_rss_mib=meter.overall,
@@ -242,11 +254,11 @@ def measure_otrace_single(
 ) -> OtraceRun:
     """otrace with batch_size=1: one `read` or `write` call per access."""
     phase = "otrace single"
-    with _TempStore(workdir, _SINGLE_TREE) as temp:
+    with TempStore(workdir, _SINGLE_TREE) as temp:
         oram, init_s, init_rss = _create_tree(
             config, temp.store, _SINGLE_TREE, 1, progress, meter or RssMeter()
         )
-        tick = _Ticker(progress, f"{phase}: accesses", len(workload))
+        tick = Ticker(progress, f"{phase}: accesses", len(workload))
         start = time.perf_counter()
         for i, (block, is_write) in enumerate(workload):
             if is_write:
@@ -270,11 +282,11 @@ def measure_otrace_batched(
     """otrace with batch_size=K: `access_batch` calls of K distinct random blocks."""
     phase = f"otrace batched (K={config.batch})"
     batches = _batched_workload(rng, config, payload)
-    with _TempStore(workdir, _BATCHED_TREE) as temp:
+    with TempStore(workdir, _BATCHED_TREE) as temp:
         oram, init_s, init_rss = _create_tree(
             config, temp.store, _BATCHED_TREE, config.batch, progress, meter or RssMeter()
         )
-        tick = _Ticker(progress, f"{phase}: accesses", config.accesses)
+        tick = Ticker(progress, f"{phase}: accesses", config.accesses)
         done = 0
         start = time.perf_counter()
         for ops in batches:
@@ -291,33 +303,69 @@ def measure_floor(
     workdir: Path,
     rng: random.Random,
     progress: ProgressCallback | None = None,
-) -> tuple[VariantResult, float]:
-    """The storage work of a single access with no crypto and no ORAM logic.
+) -> FloorRun:
+    """The storage work of otrace's accesses with no crypto and no ORAM logic.
 
-    Same store class, pragmas, row count and blob size as otrace's single tree.
-    Per access: one SELECT ... IN of the height+1-C uncached buckets of a random
-    path, then height+1 UPDATEs of that path with random blobs, in one
-    transaction. Returns the timing and the time it took to load the table.
+    Same store class, pragmas, row count and blob size as otrace's trees. Per
+    transaction: one SELECT ... IN of the uncached buckets (level >= C) of
+    random paths, then one UPDATE per bucket of those paths with random blobs.
+    The single-access pattern uses one path per access; the batched pattern the
+    union of K paths per K accesses, as `access_batch` does.
     """
     params = config.params(_FLOOR_TREE)
     blob_size = BucketCodec(params, bytes(32)).blob_size
     pool = [rng.randbytes(blob_size) for _ in range(_BLOB_POOL)]
-    with _TempStore(workdir, _FLOOR_TREE) as temp:
+    with TempStore(workdir, _FLOOR_TREE) as temp:
         start = time.perf_counter()
         _load_floor_table(temp.store, params, pool, progress)
         load_s = time.perf_counter() - start
-        height, cached = params.height, min(config.cache_levels, params.height + 1)
-        tick = _Ticker(progress, "storage floor: accesses", config.accesses)
+        floor = _FloorPattern(temp.store, params, config.cache_levels, pool, rng)
+        single = floor.run("storage floor", config.accesses, 1, progress)
+        batched = floor.run(
+            f"storage floor (K={config.batch})", config.accesses, config.batch, progress
+        )
+    return FloorRun(single, batched, load_s)
+
+
+class _FloorPattern:
+    """Replays the row reads and writes of random path accesses on a loaded table."""
+
+    def __init__(
+        self,
+        store: SqlBucketStore,
+        params: OramParams,
+        cache_levels: int,
+        pool: list[bytes],
+        rng: random.Random,
+    ) -> None:
+        self._store, self._params, self._pool, self._rng = store, params, pool, rng
+        self._first_uncached = 1 << min(cache_levels, params.height + 1)
+        self._version = 0
+
+    def run(
+        self, name: str, accesses: int, paths: int, progress: ProgressCallback | None
+    ) -> VariantResult:
+        """`accesses` logical accesses, `paths` random paths per transaction."""
+        tick = Ticker(progress, f"{name}: accesses", accesses)
+        done = 0
         start = time.perf_counter()
-        for i in range(config.accesses):
-            nodes = _path(height, rng.randrange(params.leaves))
-            rows = [(n, i + 1, pool[(i + n) % _BLOB_POOL]) for n in nodes]
-            with temp.store.transaction(_FLOOR_TREE) as txn:
-                txn.read_buckets([n for n in nodes if n >= 1 << cached])
-                txn.write_buckets(rows)
-            tick(i + 1)
-        seconds = time.perf_counter() - start
-    return VariantResult("storage floor", config.accesses, seconds), load_s
+        while done < accesses:
+            self._transaction(paths)
+            done = min(accesses, done + paths)
+            tick(done)
+        return VariantResult(name, accesses, time.perf_counter() - start)
+
+    def _transaction(self, paths: int) -> None:
+        p, pool = self._params, self._pool
+        self._version += 1
+        nodes: set[int] = set()
+        for _ in range(paths):
+            nodes.update(_path(p.height, self._rng.randrange(p.leaves)))
+        ordered = sorted(nodes)
+        rows = [(n, self._version, pool[(self._version + n) % _BLOB_POOL]) for n in ordered]
+        with self._store.transaction(p.tree_id) as txn:
+            txn.read_buckets([n for n in ordered if n >= self._first_uncached])
+            txn.write_buckets(rows)
 
 
 # ----------------------------------------------------------------- helpers
@@ -369,7 +417,7 @@ def _load_floor_table(
     progress: ProgressCallback | None,
 ) -> None:
     total = params.buckets
-    tick = _Ticker(progress, "storage floor: load", total)
+    tick = Ticker(progress, "storage floor: load", total)
 
     def rows() -> Iterator[tuple[int, int, bytes]]:
         for idx in range(1, total + 1):
@@ -393,80 +441,3 @@ def _path(height: int, leaf: int) -> list[int]:
 
 def _phase(progress: ProgressCallback, phase: str) -> Callable[[int, int], None]:
     return lambda done, total: progress(phase, done, total)
-
-
-class _Ticker:
-    """Reports progress about 200 times per phase, to keep its cost out of the timings."""
-
-    def __init__(self, progress: ProgressCallback | None, phase: str, total: int) -> None:
-        self._progress = progress
-        self._phase = phase
-        self._total = total
-        self._every = max(1, total // 200)
-        if progress is not None:
-            progress(phase, 0, total)
-
-    def __call__(self, done: int) -> None:
-        if self._progress is not None and (done % self._every == 0 or done == self._total):
-            self._progress(self._phase, done, self._total)
-
-
-class _TempStore:
-    """A SQLite `SqlBucketStore` in its own file, closed and deleted on exit."""
-
-    def __init__(self, workdir: Path, name: str) -> None:
-        self.path = workdir / f"{name}.sqlite"
-        self.store = SqlBucketStore(f"sqlite:///{self.path}")
-
-    def __enter__(self) -> _TempStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-
-    def size_mib(self) -> float:
-        files = [Path(f"{self.path}{s}") for s in ("", "-wal")]
-        return sum(f.stat().st_size for f in files if f.exists()) / _MIB
-
-
-# ----------------------------------------------------------------- memory
-
-
-class RssMeter:
-    """Peak resident set size of this process, overall and per interval between marks.
-
-    Intervals rely on Linux's resettable high-water mark; elsewhere each
-    interval's peak is the peak since process start (an upper bound).
-    """
-
-    def __init__(self) -> None:
-        self._overall = peak_rss_mib()
-        _reset_peak_rss()
-
-    def mark(self) -> float:
-        """Ends the current interval: returns its peak (MiB) and starts the next one."""
-        peak = peak_rss_mib()
-        self._overall = max(self._overall, peak)
-        _reset_peak_rss()
-        return peak
-
-    @property
-    def overall(self) -> float:
-        """Peak since this meter was made (MiB), whatever was reset in between."""
-        return max(self._overall, peak_rss_mib())
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size since start or the last interval reset."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / _MIB if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not Linux, or no permission: peaks stay cumulative
