@@ -382,6 +382,11 @@ def _create_tree(
     """Builds and opens a fresh tree; returns it, its build time and the build's peak RSS."""
     label = "otrace single" if batch_size == 1 else f"otrace batched (K={batch_size})"
     params = config.params(tree_id, batch_size)
+    report = None
+    if progress is not None:
+        # `create` reports once per finished level, the first after half the tree.
+        report = _phase(progress, f"{label}: init")
+        report(0, params.buckets)
     meter.mark()
     start = time.perf_counter()
     oram = PathOram.create(
@@ -390,7 +395,7 @@ def _create_tree(
         key=os.urandom(32),
         sealer=AeadStateSealer(os.urandom(32)),
         cache_levels=config.cache_levels,
-        progress=None if progress is None else _phase(progress, f"{label}: init"),
+        progress=report,
     )
     init_s = time.perf_counter() - start
     return oram, init_s, meter.mark()
