@@ -63,9 +63,11 @@ Figures:
               init, and during the otrace variants only)
 
 Note: otrace commits every access durably (SQLite WAL, synchronous=FULL);
-PyORAM's file storage never calls fsync. Each variant's database is deleted
-as soon as it is measured, so the disk holds one tree at a time (about
-N*8*B bytes at N blocks).
+PyORAM's file storage never calls fsync. Each timed loop starts after a WAL
+checkpoint and a sync, so no variant pays for the previous one's writes.
+Each variant's database is deleted as soon as it is measured, so the disk
+holds one tree at a time (about N*9*B bytes at N blocks). Figures vary from
+run to run by 10-30% on a shared disk: compare ratios from one run.
 """
 
 

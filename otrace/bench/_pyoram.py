@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from otrace.bench._support import settle
 from otrace.bench.oram import (
     MixedOp,
     OramBenchConfig,
@@ -79,6 +80,7 @@ def measure_pyoram(
         if progress is not None:
             progress(f"{_PHASE}: setup", 1, 1)
         height = int(oram.heap_storage.virtual_heap.height)
+        settle()
         seconds = _timed_accesses(oram, workload, payload, progress)
     finally:
         with _quiet_legacy_warnings():

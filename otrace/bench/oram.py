@@ -30,7 +30,14 @@ from oram_store import (
     StateRecord,
     Write,
 )
-from otrace.bench._support import ProgressCallback, RssMeter, TempStore, Ticker, peak_rss_mib
+from otrace.bench._support import (
+    ProgressCallback,
+    RssMeter,
+    TempStore,
+    Ticker,
+    peak_rss_mib,
+    settle,
+)
 from otrace.errors import ConfigError
 
 __all__ = [
@@ -258,6 +265,7 @@ def measure_otrace_single(
         oram, init_s, init_rss = _create_tree(
             config, temp.store, _SINGLE_TREE, 1, progress, meter or RssMeter()
         )
+        settle(temp.store)
         tick = Ticker(progress, f"{phase}: accesses", len(workload))
         start = time.perf_counter()
         for i, (block, is_write) in enumerate(workload):
@@ -286,6 +294,7 @@ def measure_otrace_batched(
         oram, init_s, init_rss = _create_tree(
             config, temp.store, _BATCHED_TREE, config.batch, progress, meter or RssMeter()
         )
+        settle(temp.store)
         tick = Ticker(progress, f"{phase}: accesses", config.accesses)
         done = 0
         start = time.perf_counter()
@@ -319,8 +328,10 @@ def measure_floor(
         start = time.perf_counter()
         _load_floor_table(temp.store, params, pool, progress)
         load_s = time.perf_counter() - start
+        settle(temp.store)
         floor = _FloorPattern(temp.store, params, config.cache_levels, pool, rng)
         single = floor.run("storage floor", config.accesses, 1, progress)
+        settle(temp.store)
         batched = floor.run(
             f"storage floor (K={config.batch})", config.accesses, config.batch, progress
         )
