@@ -41,6 +41,7 @@ def test_bench_oram_without_pyoram(tmp_path: Path) -> None:
     for key in REQUIRED:
         assert key in report, key
     assert report["pyoram_ops_per_s"] is None
+    assert report["pyoram_fsync_ops_per_s"] is None
     for key in REQUIRED:
         if key != "pyoram_ops_per_s":
             value = report[key]
@@ -55,6 +56,8 @@ def test_bench_oram_with_pyoram(tmp_path: Path) -> None:
         value = report[key]
         assert isinstance(value, float) and value > 0, (key, value)
     assert report["pyoram_height"] == 8
+    fsynced = report["pyoram_fsync_ops_per_s"]
+    assert isinstance(fsynced, float) and fsynced > 0
 
 
 def test_bench_oram_rejects_a_batch_larger_than_the_tree(tmp_path: Path) -> None:

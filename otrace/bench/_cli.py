@@ -41,6 +41,9 @@ top C tree levels cached in memory:
                    calls of K distinct blocks on a batch_size=K tree
   PyORAM           pyoram's PathORAM on file storage, same N, B, C and the
                    same access sequence as "otrace single"
+  PyORAM + fsync   the same again, its file flushed and fsync'ed after
+                   every access (PyORAM itself never syncs; otrace commits
+                   every access durably)
   storage floor    what one single access costs the SQL store alone: one
                    SELECT of the height+1-C uncached buckets of a random
                    path and height+1 UPDATEs of random blobs in one
@@ -63,7 +66,8 @@ Figures:
               init, and during the otrace variants only)
 
 Note: otrace commits every access durably (SQLite WAL, synchronous=FULL);
-PyORAM's file storage never calls fsync. Each timed loop starts after a WAL
+PyORAM's file storage never calls fsync ("x PyORAM" compares with PyORAM as
+it ships). Each timed loop starts after a WAL
 checkpoint and a sync, so no variant pays for the previous one's writes.
 Each variant's database is deleted as soon as it is measured, so the disk
 holds one tree at a time (about N*9*B bytes at N blocks). Figures vary from

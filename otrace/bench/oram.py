@@ -125,11 +125,12 @@ class OtraceRun:
 
 @dataclass(frozen=True, slots=True)
 class PyOramRun:
-    """PyORAM's access timing, its setup time and its tree height."""
+    """PyORAM's access timing (as is, and fsync'ed per access), setup time and tree height."""
 
     result: VariantResult
     setup_s: float
     height: int
+    durable: VariantResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,7 @@ class OramBenchReport:
     def variants(self) -> list[VariantResult]:
         found = [self.single.result, self.batched.result]
         if self.pyoram is not None:
-            found.append(self.pyoram.result)
+            found += [self.pyoram.result, self.pyoram.durable]
         return [*found, self.floor.single, self.floor.batched]
 
     def speedup_vs_pyoram(self, variant: VariantResult) -> float | None:
@@ -184,6 +185,7 @@ class OramBenchReport:
             "otrace_single_ops_per_s": self.single.result.ops_per_s,
             "otrace_batched_ops_per_s": self.batched.result.ops_per_s,
             "pyoram_ops_per_s": None if py is None else py.result.ops_per_s,
+            "pyoram_fsync_ops_per_s": None if py is None else py.durable.ops_per_s,
             "floor_ops_per_s": self.floor.single.ops_per_s,
             "peak_rss_mib": self.peak_rss_mib,
             "init_s": self.single.init_s,
