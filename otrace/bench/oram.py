@@ -438,9 +438,15 @@ def _load_floor_table(
     tick = Ticker(progress, "storage floor: load", total)
 
     def rows() -> Iterator[tuple[int, int, bytes]]:
-        for idx in range(1, total + 1):
-            tick(idx)
-            yield idx, 0, pool[idx % _BLOB_POOL]
+        # Leaves first, root last, as PathOram.create writes its tree: the file
+        # layout, and so which levels a larger-than-RAM page cache still holds
+        # after the load, must match otrace's or the floor reads more from disk.
+        done = 0
+        for level in range(params.height, -1, -1):
+            for idx in range(1 << level, 2 << level):
+                done += 1
+                tick(done)
+                yield idx, 0, pool[idx % _BLOB_POOL]
 
     # The metadata and state rows only satisfy the interface; the floor never reads them.
     store.create_tree(
