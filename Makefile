@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
+# `make bench BENCH_ORAM_ARGS="--blocks 1048576 --skip-pyoram --dir /big/disk"` overrides.
+BENCH_ORAM_ARGS ?= --blocks 65536 --block-size 4096 --accesses 2000 --batch 64 --cache-levels 6 \
+	--json bench-oram.json
 
 .PHONY: run test lint bench clean
 
@@ -38,7 +41,7 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
-	$(VENV)/bin/otrace bench oram --blocks 65536 --block-size 4096 --accesses 2000 --batch 64 --cache-levels 6
+	$(VENV)/bin/otrace bench oram $(BENCH_ORAM_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import sys
 import click
 
 from otrace import __version__
+from otrace.bench._cli import bench
 from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
 from otrace.errors import OTraceError
@@ -30,6 +31,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(attest)
 cli.add_command(kms)
+cli.add_command(bench)
 
 
 def main() -> None:
