@@ -75,6 +75,15 @@ run to run by 10-30% on a shared disk: compare ratios from one run.
 """
 
 
+def _register() -> None:
+    from otrace.bench._cli_ingest import ingest_command
+
+    bench.add_command(ingest_command)
+
+
+_register()
+
+
 @bench.command("oram", help=_ORAM_HELP)
 @click.option("--blocks", default=1 << 16, show_default=True, help="N: blocks in the ORAM.")
 @click.option("--block-size", default=4096, show_default=True, help="B: bytes per block.")
