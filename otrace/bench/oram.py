@@ -68,7 +68,7 @@ _BLOB_POOL = 64  # distinct random blobs the floor cycles through
 
 @dataclass(frozen=True, slots=True)
 class OramBenchConfig:
-    """What to measure: geometry, workload size, batch size and where databases go."""
+    """What to measure: geometry, workload size, batch size, and whether to include PyORAM."""
 
     blocks: int = 1 << 16
     block_size: int = 4096
