@@ -40,8 +40,11 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+BENCH_INGEST_ARGS ?= --spans 200000 --json bench-ingest.json
+
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/otrace bench oram $(BENCH_ORAM_ARGS)
+	$(VENV)/bin/otrace bench ingest $(BENCH_INGEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
