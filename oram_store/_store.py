@@ -118,12 +118,9 @@ class _SqlTreeTransaction(TreeTransaction):
     def __init__(self, store: SqlBucketStore, conn: Connection, tree_id: str) -> None:
         self._conn = conn
         self._tree_id = tree_id
-        self._table = store.bucket_table(tree_id)
         self._state = store.state_table
         self._aux = _SqlAux(conn, store.aux_table, tree_id)
-        self._select = sa.select(
-            self._table.c.idx, self._table.c.version, self._table.c.blob
-        ).where(self._table.c.idx.in_(sa.bindparam("idxs", expanding=True)))
+        self._select, self._update = store.bucket_statements(tree_id)
 
     @property
     def connection(self) -> Connection:
@@ -137,14 +134,8 @@ class _SqlTreeTransaction(TreeTransaction):
     def write_buckets(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
         if not rows:
             return
-        table = self._table
-        stmt = (
-            table.update()
-            .where(table.c.idx == sa.bindparam("b_idx"))
-            .values(version=sa.bindparam("b_version"), blob=sa.bindparam("b_blob"))
-        )
         params = [{"b_idx": i, "b_version": v, "b_blob": b} for i, v, b in rows]
-        result = self._conn.execute(stmt, params)
+        result = self._conn.execute(self._update, params)
         if result.rowcount != len(rows):
             raise StorageError(
                 f"ORAM tree {self._tree_id!r}: {len(rows) - result.rowcount} bucket rows are "
@@ -253,6 +244,7 @@ class SqlBucketStore(BucketStore):
             sa.Column("blob", sa.LargeBinary, nullable=False),
         )
         self._buckets: dict[str, sa.Table] = {}
+        self._statements: dict[str, tuple[sa.Select[Any], sa.Update]] = {}
         try:
             tables = [self.state_table, self.meta_table, self.aux_table]
             self._metadata.create_all(engine, tables=tables)
@@ -276,6 +268,22 @@ class SqlBucketStore(BucketStore):
             )
             self._buckets[tree_id] = table
         return table
+
+    def bucket_statements(self, tree_id: str) -> tuple[sa.Select[Any], sa.Update]:
+        """The tree's bucket SELECT ... IN and UPDATE, built once (hot path)."""
+        cached = self._statements.get(tree_id)
+        if cached is None:
+            t = self.bucket_table(tree_id)
+            select: sa.Select[Any] = sa.select(t.c.idx, t.c.version, t.c.blob).where(
+                t.c.idx.in_(sa.bindparam("idxs", expanding=True))
+            )
+            update = (
+                t.update()
+                .where(t.c.idx == sa.bindparam("b_idx"))
+                .values(version=sa.bindparam("b_version"), blob=sa.bindparam("b_blob"))
+            )
+            cached = self._statements[tree_id] = (select, update)
+        return cached
 
     def create_tree(
         self,
