@@ -138,9 +138,11 @@ class _EpochThread(threading.Thread):
                 while (report := self.engine.drain_once()) is not None:
                     self.epoch_seconds.append(report.seconds)
                 self.last_error = ""
-            except OTraceError as exc:  # keep the node up; the journal still holds the spans
-                self.last_error = str(exc)
-                log.error("epoch failed, will retry: %s", exc)
+            except Exception as exc:
+                # The journal still holds the spans: retry later. Only otrace's own
+                # messages are kept; another exception's text might hold enclave data.
+                self.last_error = str(exc) if isinstance(exc, OTraceError) else type(exc).__name__
+                log.error("epoch failed, will retry: %s", self.last_error)
                 time.sleep(min(5.0, self.period * 5))
 
 
@@ -161,15 +163,15 @@ def _ecalls(engine: IngestEngine, epochs: _EpochThread) -> EcallTable:
 
     def stats(_: bytes) -> bytes:
         seconds, epochs.epoch_seconds = epochs.epoch_seconds, []
-        oram = getattr(engine.device, "stats", None)
+        # Only what the storage sees anyway: batch counts, not real-access counts,
+        # and never the stash occupancy (SECURITY.md: the host is untrusted too).
         return cbor2.dumps(
             {
                 "journal_depth": engine.journal_depth(),
                 "spans": engine.state.spans,
                 "epochs": engine.state.epochs,
                 "epoch_seconds": seconds,
-                "oram_accesses": getattr(oram, "logical_accesses", 0),
-                "stash_size": getattr(oram, "stash_size", 0),
+                "oram_batches": engine.device.seq,
                 "last_error": epochs.last_error,
             }
         )

@@ -79,6 +79,10 @@ class _TraceService(grpc.GenericRpcHandler):  # type: ignore[misc]
         except Overloaded as exc:
             context.abort_with_status(retry_status(str(exc), exc.retry_after))
             raise  # abort_with_status raises; this line is never reached
+        except TimeoutError:
+            # It may still be journaled: a retry can then store these spans twice.
+            context.abort_with_status(retry_status("ingest did not answer in time", 1.0))
+            raise
         if not answer.ok:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.message)
         response = ExportTraceServiceResponse()

@@ -109,9 +109,10 @@ class HttpReceiver:
         try:
             future = self._committer.submit(content_type, body)
             answer = await asyncio.wait_for(asyncio.wrap_future(future), _WAIT)
-        except Overloaded as exc:
-            response = _status(503, str(exc), encode_json)
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        except (Overloaded, TimeoutError) as exc:
+            retry_after = exc.retry_after if isinstance(exc, Overloaded) else 1.0
+            response = _status(503, str(exc) or "ingest did not answer in time", encode_json)
+            response.headers["Retry-After"] = str(max(1, round(retry_after)))
             return response
         if not answer.ok:
             return _status(400, answer.message, encode_json)

@@ -135,6 +135,12 @@ class IngestEngine:
             if st.pending is not None:
                 first, last, done, base = st.pending
                 entries = self.journal.read_after(first - 1, last - first + 1)
+                if len(entries) != last - first + 1:
+                    # Repacking fewer entries would not reproduce the blocks already written.
+                    raise IntegrityError(
+                        f"ingest journal entries {first}..{last} of a half-written epoch are "
+                        "missing from storage"
+                    )
             else:
                 entries = self.journal.read_after(st.watermark, self._max_entries)
                 if not entries:
@@ -206,9 +212,14 @@ class IngestEngine:
 
     def _saver(self, state: IngestState) -> TransactionHook:
         def save(txn: TreeTransaction, seq: int) -> None:
-            txn.write_aux(_STATE, self._sealer.seal(_encode(state), _context(seq)))
+            txn.write_aux(_STATE, self._sealer.seal(_encode(state), self._context(seq)))
 
         return save
+
+    def _context(self, seq: int) -> bytes:
+        return (
+            b"otrace-ingest-state\x00" + self.device.params.fingerprint() + struct.pack("<Q", seq)
+        )
 
     def _load_state(self) -> IngestState:
         store = self.device.store
@@ -219,17 +230,13 @@ class IngestEngine:
                 raise IntegrityError("the ingest state is missing from storage")
             return IngestState()
         try:
-            plain = self._sealer.unseal(blob, _context(self.device.seq))
+            plain = self._sealer.unseal(blob, self._context(self.device.seq))
         except IntegrityError:
             raise IntegrityError(
                 "the sealed ingest state does not belong to the stored ORAM commit "
                 "(tampered or rolled back separately)"
             ) from None
         return _decode(plain)
-
-
-def _context(seq: int) -> bytes:
-    return b"otrace-ingest-state\x00" + struct.pack("<Q", seq)
 
 
 _STATE_LAYOUT = struct.Struct("<QQQQBQQQQ")  # fixed size: counters never show in the row length

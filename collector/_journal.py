@@ -109,8 +109,11 @@ class Journal:
         query = (
             sa.select(t.c.seq, t.c.blob).where(t.c.seq > watermark).order_by(t.c.seq).limit(limit)
         )
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot read the ingest journal: {exc}") from exc
         out = []
         for expected, (seq, blob) in enumerate(rows, start=watermark + 1):
             if seq != expected:
@@ -120,8 +123,11 @@ class Journal:
 
     def truncate(self, upto: int) -> None:
         """Deletes entries at or below `upto` (already in the ORAM)."""
-        with self._engine.begin() as conn:
-            conn.execute(self._table.delete().where(self._table.c.seq <= upto))
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(self._table.delete().where(self._table.c.seq <= upto))
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot truncate the ingest journal: {exc}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
@@ -130,15 +136,11 @@ class Journal:
         padded = _LEN.pack(len(payload)) + payload
         padded += bytes(size_class(len(payload)) - len(padded))
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(
-            nonce, padded, b"otrace-journal\x00" + struct.pack("<Q", seq)
-        )
+        return nonce + self._aead.encrypt(nonce, padded, _ad(seq))
 
     def _open(self, seq: int, blob: bytes) -> bytes:
         try:
-            plain = self._aead.decrypt(
-                blob[:12], blob[12:], b"otrace-journal\x00" + struct.pack("<Q", seq)
-            )
+            plain = self._aead.decrypt(blob[:12], blob[12:], _ad(seq))
         except InvalidTag:
             raise IntegrityError(f"ingest journal entry {seq} failed authentication") from None
         (length,) = _LEN.unpack_from(plain)

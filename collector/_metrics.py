@@ -43,11 +43,15 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily(
             "otrace_journal_depth", "Journal entries not yet in the ORAM", stats["journal_depth"]
         )
+        # Batches, not logical accesses, and no stash size: the host must not learn
+        # more about the ORAM than the storage does (see SECURITY.md).
         yield CounterMetricFamily(
-            "otrace_oram_accesses", "Logical ORAM accesses", stats["oram_accesses"]
+            "otrace_oram_batches", "ORAM batches committed (each padded)", stats["oram_batches"]
         )
         yield GaugeMetricFamily(
-            "otrace_oram_stash_size", "Blocks in the ORAM stash", stats["stash_size"]
+            "otrace_epoch_failing",
+            "1 while epochs fail and are being retried",
+            1 if stats["last_error"] else 0,
         )
         yield CounterMetricFamily("otrace_spans_stored", "Spans stored in the ORAM", stats["spans"])
         yield self._epochs(stats["epoch_seconds"])

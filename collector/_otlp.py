@@ -13,6 +13,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -105,7 +106,20 @@ def validate(request: ExportTraceServiceRequest, limits: Limits) -> ValidatedReq
     accepted = rejected = 0
     reasons: dict[str, int] = {}
     for rs in request.resource_spans:
+        # Every span record carries its resource and scope, so their size bounds
+        # what one request can cost the epoch: an oversize one rejects its spans.
+        if (problem := _context_problem(rs.resource, "resource", limits)) is not None:
+            dropped = sum(len(ss.spans) for ss in rs.scope_spans)
+            rejected += dropped
+            reasons[problem] = reasons.get(problem, 0) + dropped
+            del rs.scope_spans[:]
+            continue
         for ss in rs.scope_spans:
+            if (problem := _context_problem(ss.scope, "scope", limits)) is not None:
+                rejected += len(ss.spans)
+                reasons[problem] = reasons.get(problem, 0) + len(ss.spans)
+                del ss.spans[:]
+                continue
             keep = []
             for span in ss.spans:
                 problem = _span_problem(span, limits)
@@ -121,6 +135,14 @@ def validate(request: ExportTraceServiceRequest, limits: Limits) -> ValidatedReq
             accepted += len(keep)
     reason = "; ".join(f"{n} span(s): {why}" for why, n in sorted(reasons.items()))
     return ValidatedRequest(request, accepted, rejected, reason)
+
+
+def _context_problem(message: Any, what: str, limits: Limits) -> str | None:
+    if len(message.attributes) > limits.max_attributes:
+        return f"{what} has more than {limits.max_attributes} attributes"
+    if message.ByteSize() > limits.max_attribute_bytes:
+        return f"{what} larger than {limits.max_attribute_bytes} bytes"
+    return None
 
 
 def _span_problem(span: Span, limits: Limits) -> str | None:

@@ -151,3 +151,15 @@ def test_oversize_attribute_and_too_many_attributes_are_rejected(node: Node) -> 
     assert "an attribute value larger than 65536 bytes" in message
     assert "more than 128 attributes" in message
     assert [s[3] for s in spans_of(stored(node))] == ["op-2"]
+
+
+def test_oversize_resource_rejects_its_spans_not_the_node(node: Node) -> None:
+    grpc_port, _ = _ports(node)
+    req = request(3, "huge-resource")
+    req.resource_spans[0].resource.attributes.add(key="blob").value.string_value = "r" * (70 << 10)
+    ok = request(2, "fine")
+    req.resource_spans.extend(ok.resource_spans)
+    reply = ExportTraceServiceResponse.FromString(grpc_export(grpc_port, req.SerializeToString()))
+    assert reply.partial_success.rejected_spans == 3
+    assert "resource larger than 65536 bytes" in reply.partial_success.error_message
+    assert {s[4] for s in spans_of(stored(node))} == {"fine"}

@@ -6,6 +6,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from collector import Node
 from collector._journal import size_class
 from tests.collector.conftest import spans_of, stored
@@ -78,3 +80,33 @@ def test_an_older_ingest_state_put_back_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="sealed ingest state does not belong"):
         again.start()
     again.stop()
+
+
+def test_missing_journal_entries_stop_the_epoch_with_a_clear_error(tmp_path: Path) -> None:
+    from collector._ingest import IngestEngine
+    from collector._journal import Journal
+    from oram_store import OramParams, PathOram, SqlBucketStore
+    from otrace.errors import IntegrityError
+    from tee import Sealer
+
+    sealer = Sealer.from_key(bytes(32))
+    store = SqlBucketStore(f"sqlite:///{tmp_path / 'o.sqlite'}")
+    oram = PathOram.create(
+        store,
+        OramParams("spans", blocks=64, batch_size=2),
+        key=bytes(32),
+        sealer=sealer,
+        cache_levels=2,
+    )
+    journal = Journal.sqlite(str(tmp_path / "j.sqlite"), bytes(range(32)))
+    engine = IngestEngine(oram, journal, sealer)
+    try:
+        engine.ingest([("application/x-protobuf", request(40).SerializeToString())] * 3)
+        with sqlite3.connect(tmp_path / "j.sqlite") as conn:
+            conn.execute("DELETE FROM ingest_journal WHERE seq = 2")
+        with pytest.raises(IntegrityError, match="ingest journal entry 2 is missing"):
+            engine.drain_once()
+        assert engine.state.watermark == 0  # nothing was committed past the hole
+    finally:
+        journal.close()
+        store.close()
