@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from oram_store._oram import RandomSource, Read, TransactionHook, Write
 from oram_store._params import OramParams
+from oram_store._state import check_fresh
 from oram_store._store import CHECKPOINT, BucketStore, StateRecord, TreeTransaction
-from otrace.errors import ConfigError, FencingError, IntegrityError, InvalidRequest, RollbackError
+from otrace.errors import ConfigError, FencingError, IntegrityError, InvalidRequest
 from tee import FreshnessCounter, StateSealer
 
 __all__ = ["DirectBlockStore"]
@@ -92,13 +93,7 @@ class DirectBlockStore:
         (seq,) = _SEQ.unpack(sealer.unseal(last.blob, context))
         if seq != last.seq:
             raise IntegrityError(f"block store {tree_id!r}: state record {last.seq} was moved")
-        if counter is not None:
-            if seq < counter.current():
-                raise RollbackError(
-                    f"block store {tree_id!r} is at commit {seq} but the monotonic counter says "
-                    f"{counter.current()}: the database was restored to an older copy"
-                )
-            counter.advance(seq)
+        check_fresh(counter, seq, f"block store {tree_id!r}")
         return cls(store, params, key, sealer, seq, counter=counter, rng=rng or os.urandom)
 
     def access_batch(

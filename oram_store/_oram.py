@@ -26,14 +26,13 @@ from oram_store._audit import AuditReport, audit_tree
 from oram_store._codec import EMPTY_DIGEST, Bucket, BucketCodec
 from oram_store._eviction import evict, path_nodes
 from oram_store._params import EMPTY_SLOT, OramParams
-from oram_store._state import ClientState, FreshnessCounter, StateCodec, StateSealer
+from oram_store._state import ClientState, FreshnessCounter, StateCodec, StateSealer, check_fresh
 from oram_store._store import BucketStore, TreeTransaction
 from otrace.errors import (
     ConfigError,
     FencingError,
     IntegrityError,
     InvalidRequest,
-    RollbackError,
     StashOverflow,
 )
 
@@ -166,13 +165,7 @@ class PathOram:
         states = StateCodec(params, sealer)
         with store.transaction(tree_id) as txn:
             state = states.restore(txn.load_state())
-        if counter is not None:
-            if state.seq < counter.current():
-                raise RollbackError(
-                    f"ORAM tree {tree_id!r} is at commit {state.seq} but the monotonic counter "
-                    f"says {counter.current()}: the database was restored to an older copy"
-                )
-            counter.advance(state.seq)
+        check_fresh(counter, state.seq, f"ORAM tree {tree_id!r}")
         oram = cls(
             store,
             params,

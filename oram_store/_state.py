@@ -29,10 +29,10 @@ import numpy.typing as npt
 from oram_store._codec import DIGEST_SIZE
 from oram_store._params import EMPTY_SLOT, OramParams
 from oram_store._store import CHECKPOINT, DELTA, StateRecord
-from otrace.errors import ConfigError, IntegrityError
+from otrace.errors import ConfigError, IntegrityError, RollbackError
 from tee import FreshnessCounter, StateSealer
 
-__all__ = ["ClientState", "FreshnessCounter", "StateCodec", "StateSealer"]
+__all__ = ["ClientState", "FreshnessCounter", "StateCodec", "StateSealer", "check_fresh"]
 
 _HEADER = struct.Struct(f"<8sQ{DIGEST_SIZE}sI")  # magic, seq, root digest, stash count
 _CHECKPOINT_MAGIC = b"OTRCKPT1"
@@ -139,3 +139,19 @@ class StateCodec:
 
     def _context(self, seq: int, kind: int) -> bytes:
         return b"otrace-oram-state\x00" + self._p.fingerprint() + struct.pack("<QB", seq, kind)
+
+
+def check_fresh(counter: FreshnessCounter | None, seq: int, what: str) -> None:
+    """Refuses state older than the monotonic counter, then advances the counter to it.
+
+    The database may be ahead of the counter (a crash between commit and
+    advance), never behind it: that is a restored older copy.
+    """
+    if counter is None:
+        return
+    if seq < counter.current():
+        raise RollbackError(
+            f"{what} is at commit {seq} but the monotonic counter says "
+            f"{counter.current()}: the database was restored to an older copy"
+        )
+    counter.advance(seq)
