@@ -10,6 +10,7 @@ receivers answer UNAVAILABLE (gRPC) or 503 (HTTP) with RetryInfo.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections import deque
@@ -18,10 +19,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import cbor2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from otrace.errors import OTraceError
 
-__all__ = ["Answer", "GroupCommitter", "Overloaded"]
+__all__ = ["Answer", "BearerToken", "GroupCommitter", "Overloaded"]
 
 log = logging.getLogger("otrace.collector")
 EcallFn = Callable[[str, bytes], bytes]
@@ -43,6 +45,30 @@ class Answer:
     accepted: int
     rejected: int
     message: str
+
+    def response(self) -> ExportTraceServiceResponse:
+        """The OTLP answer to an accepted Export: `partial_success` when spans were dropped."""
+        result = ExportTraceServiceResponse()
+        if self.rejected:
+            result.partial_success.rejected_spans = self.rejected
+            result.partial_success.error_message = self.message
+        return result
+
+
+class BearerToken:
+    """The optional `authorization: Bearer <token>` both receivers require."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    def __repr__(self) -> str:
+        return f"BearerToken(required={self._expected is not None})"
+
+    def accepts(self, header: str) -> bool:
+        """True when no token is configured, or `header` carries exactly it."""
+        if self._expected is None:
+            return True
+        return hmac.compare_digest(header.encode(), self._expected)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,6 @@ the node sheds load.
 
 from __future__ import annotations
 
-import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector._group_commit import GroupCommitter, Overloaded
+from collector._group_commit import BearerToken, GroupCommitter, Overloaded
 from collector._otlp import PROTOBUF
 from otrace.errors import ConfigError
 
@@ -62,7 +60,7 @@ def retry_status(message: str, retry_after: float) -> _Status:
 class _TraceService(grpc.GenericRpcHandler):  # type: ignore[misc]
     def __init__(self, committer: GroupCommitter, token: str) -> None:
         self._committer = committer
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._token = BearerToken(token)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if details.method == EXPORT:
@@ -70,10 +68,9 @@ class _TraceService(grpc.GenericRpcHandler):  # type: ignore[misc]
         return None
 
     def _export(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        if self._expected is not None:
-            given = dict(context.invocation_metadata()).get("authorization", "")
-            if not hmac.compare_digest(str(given).encode(), self._expected):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not self._token.accepts(str(given)):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
             answer = self._committer.submit(PROTOBUF, request).result(timeout=_WAIT)
         except Overloaded as exc:
@@ -85,11 +82,7 @@ class _TraceService(grpc.GenericRpcHandler):  # type: ignore[misc]
             raise
         if not answer.ok:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.message)
-        response = ExportTraceServiceResponse()
-        if answer.rejected:
-            response.partial_success.rejected_spans = answer.rejected
-            response.partial_success.error_message = answer.message
-        return bytes(response.SerializeToString())
+        return bytes(answer.response().SerializeToString())
 
 
 class GrpcReceiver:

@@ -12,7 +12,6 @@ the context does).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ssl
 import threading
 from typing import Any
@@ -20,9 +19,8 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector._group_commit import GroupCommitter, Overloaded
+from collector._group_commit import BearerToken, GroupCommitter, Overloaded
 from collector._otlp import JSON, PROTOBUF
 from otrace.errors import ConfigError
 
@@ -46,7 +44,7 @@ class HttpReceiver:
         self._committer = committer
         self._ssl_context = ssl_context
         self._limit = max_request_bytes
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._token = BearerToken(token)
         host, _, port = address.rpartition(":")
         self._host, self._port = host or "127.0.0.1", int(port)
         self._loop = asyncio.new_event_loop()
@@ -88,10 +86,8 @@ class HttpReceiver:
     async def _traces(self, request: web.Request) -> web.Response:
         content_type = request.content_type
         encode_json = content_type == JSON
-        if self._expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
-                return _status(401, "missing or wrong bearer token", encode_json)
+        if not self._token.accepts(request.headers.get("Authorization", "")):
+            return _status(401, "missing or wrong bearer token", encode_json)
         if content_type not in (PROTOBUF, JSON):
             return _status(415, f"use Content-Type {PROTOBUF} or {JSON}", False)
         try:
@@ -116,11 +112,7 @@ class HttpReceiver:
             return response
         if not answer.ok:
             return _status(400, answer.message, encode_json)
-        result = ExportTraceServiceResponse()
-        if answer.rejected:
-            result.partial_success.rejected_spans = answer.rejected
-            result.partial_success.error_message = answer.message
-        return _message(200, result, encode_json)
+        return _message(200, answer.response(), encode_json)
 
 
 def _status(code: int, message: str, encode_json: bool) -> web.Response:
