@@ -17,11 +17,19 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from oram_store._oram import RandomSource, Read, TransactionHook, Write
+from oram_store._oram import (
+    RandomSource,
+    Read,
+    TransactionHook,
+    Write,
+    check_ops,
+    open_meta,
+    seal_meta,
+)
 from oram_store._params import OramParams
 from oram_store._state import check_fresh
 from oram_store._store import CHECKPOINT, BucketStore, StateRecord, TreeTransaction
-from otrace.errors import ConfigError, FencingError, IntegrityError, InvalidRequest
+from otrace.errors import ConfigError, FencingError, IntegrityError
 from tee import FreshnessCounter, StateSealer
 
 __all__ = ["DirectBlockStore"]
@@ -66,7 +74,9 @@ class DirectBlockStore:
         rng = rng or os.urandom
         blank = cls(store, params, key, sealer, 0, counter=counter, rng=rng)
         rows = ((i, 0, blank._seal(i, 0, blank._zero)) for i in range(params.blocks))
-        store.create_tree(params.tree_id, rows, params.to_json(), lambda: blank._state_record(0))
+        store.create_tree(
+            params.tree_id, rows, seal_meta(params, sealer), lambda: blank._state_record(0)
+        )
         return cls.open(store, params.tree_id, key=key, sealer=sealer, counter=counter, rng=rng)
 
     @classmethod
@@ -83,7 +93,7 @@ class DirectBlockStore:
         meta = store.load_meta(tree_id)
         if meta is None:
             raise ConfigError(f"no complete block store {tree_id!r} in this store")
-        params = OramParams.from_json(meta)
+        params = open_meta(meta, tree_id, sealer)
         with store.transaction(tree_id) as txn:
             records = txn.load_state()
         if not records:
@@ -103,11 +113,7 @@ class DirectBlockStore:
         if not ops:
             return []
         p = self.params
-        for op in ops:
-            if not 0 <= op.block < p.blocks:
-                raise InvalidRequest(f"block id {op.block} is outside 0..{p.blocks - 1}")
-            if isinstance(op, Write) and len(op.data) != p.block_size:
-                raise InvalidRequest(f"block {op.block}: data must be exactly {p.block_size} bytes")
+        check_ops(p, ops)
         seq = self.seq + 1
         with self.store.transaction(p.tree_id) as txn:
             if txn.latest_seq() != self.seq:

@@ -59,6 +59,18 @@ class Write:
     data: bytes = field(repr=False)
 
 
+def check_ops(params: OramParams, ops: Sequence[Read | Write]) -> None:
+    """Refuses out-of-range block ids and writes of the wrong size (`InvalidRequest`)."""
+    for op in ops:
+        if not 0 <= op.block < params.blocks:
+            raise InvalidRequest(f"block id {op.block} is outside 0..{params.blocks - 1}")
+        if isinstance(op, Write) and len(op.data) != params.block_size:
+            raise InvalidRequest(
+                f"block {op.block}: data must be exactly {params.block_size} bytes, "
+                f"got {len(op.data)}"
+            )
+
+
 @dataclass(slots=True)
 class OramStats:
     """Counters for metrics and tests; none of them is secret from the storage."""
@@ -127,7 +139,7 @@ class PathOram:
         store.create_tree(
             params.tree_id,
             rows,
-            _seal_meta(params, sealer),
+            seal_meta(params, sealer),
             lambda: states.checkpoint(ClientState(0, roots[0], positions, {})),
         )
         if counter is not None:
@@ -161,7 +173,7 @@ class PathOram:
                 f"no complete ORAM tree {tree_id!r} in this store "
                 "(never created, or its creation was interrupted: create it again)"
             )
-        params = _open_meta(meta, tree_id, sealer)
+        params = open_meta(meta, tree_id, sealer)
         states = StateCodec(params, sealer)
         with store.transaction(tree_id) as txn:
             state = states.restore(txn.load_state())
@@ -245,14 +257,7 @@ class PathOram:
 
     def _validate(self, ops: Sequence[Read | Write]) -> list[int]:
         p = self.params
-        for op in ops:
-            if not 0 <= op.block < p.blocks:
-                raise InvalidRequest(f"block id {op.block} is outside 0..{p.blocks - 1}")
-            if isinstance(op, Write) and len(op.data) != p.block_size:
-                raise InvalidRequest(
-                    f"block {op.block}: data must be exactly {p.block_size} bytes, "
-                    f"got {len(op.data)}"
-                )
+        check_ops(p, ops)
         distinct = list(dict.fromkeys(op.block for op in ops))
         if len(distinct) > p.batch_size:
             raise InvalidRequest(
@@ -433,13 +438,13 @@ def _empty_tree_rows(
     roots.append(below)
 
 
-def _seal_meta(params: OramParams, sealer: StateSealer) -> bytes:
+def seal_meta(params: OramParams, sealer: StateSealer) -> bytes:
     body = params.to_json()
     tag = sealer.seal(params.fingerprint(), b"otrace-oram-meta\x00" + params.tree_id.encode())
     return _META.pack(len(body)) + body + tag
 
 
-def _open_meta(meta: bytes, tree_id: str, sealer: StateSealer) -> OramParams:
+def open_meta(meta: bytes, tree_id: str, sealer: StateSealer) -> OramParams:
     (size,) = _META.unpack_from(meta)
     params = OramParams.from_json(meta[_META.size : _META.size + size])
     if params.tree_id != tree_id:

@@ -53,3 +53,15 @@ def test_tampered_block_is_refused(sqlite_url: str, make_store: MakeStore) -> No
         conn.execute(table.update().where(table.c.idx == 1).values(blob=b"\0" * 92))
     with pytest.raises(IntegrityError, match="encrypted block 1 failed authentication"):
         direct.access_batch([Read(1)])
+
+
+def test_altered_parameters_are_refused(sqlite_url: str, make_store: MakeStore) -> None:
+    import sqlalchemy as sa
+
+    direct = _direct(make_store(sqlite_url))
+    mt = direct.store.meta_table  # type: ignore[attr-defined]
+    with direct.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        (meta,) = conn.execute(sa.select(mt.c.meta)).one()
+        conn.execute(mt.update().values(meta=bytes(meta).replace(b'"blocks":32', b'"blocks":33')))
+    with pytest.raises(IntegrityError, match="ORAM metadata for 'd' was altered"):
+        DirectBlockStore.open(direct.store, "d", key=KEY, sealer=Sealer.from_key(STATE_KEY))
