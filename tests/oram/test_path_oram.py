@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 from collections.abc import Callable
 
@@ -221,3 +222,27 @@ def test_a_second_writer_is_fenced_off(store_url: str, make_store: MakeStore) ->
     with pytest.raises(FencingError, match="at commit 1 in storage but this writer is at 0"):
         second.write(1, block(2))
     assert reopen(first).read(1) == block(1)
+
+
+def test_next_path_of_a_block_is_independent_of_its_last(
+    sqlite_url: str, make_store: MakeStore
+) -> None:
+    """The storage watching one block accessed again and again sees unrelated paths,
+    whether the accesses are reads or writes (a leak of remapping would show here)."""
+    from scipy.stats import chi2_contingency
+
+    store = make_store(sqlite_url, TracingStore)
+    oram = new_oram(store, blocks=32, block_size=16, cache_levels=0, seed=11)
+    store.trace.reads.clear()
+    for i in range(2400):
+        oram.write(0, bytes(16)) if i % 2 else oram.read(0)
+    base = 1 << oram.params.height
+    leaves = [max(r) - base for r in store.trace.reads]
+    table = [[0] * 4 for _ in range(4)]
+    for prev, nxt in itertools.pairwise(leaves):
+        table[prev % 4][nxt % 4] += 1
+    assert chi2_contingency(table).pvalue > 0.01
+    by_kind = [[0] * 4 for _ in range(2)]
+    for i, leaf in enumerate(leaves):
+        by_kind[i % 2][leaf % 4] += 1  # reads vs writes
+    assert chi2_contingency(by_kind).pvalue > 0.01
