@@ -107,9 +107,17 @@ class DirectBlockStore:
         return cls(store, params, key, sealer, seq, counter=counter, rng=rng or os.urandom)
 
     def access_batch(
-        self, ops: Sequence[Read | Write], *, in_transaction: TransactionHook | None = None
+        self,
+        ops: Sequence[Read | Write],
+        *,
+        in_transaction: TransactionHook | None = None,
+        paths: int | None = None,
     ) -> list[bytes | None]:
-        """Serves `ops` in order: reads the blocks read, writes the blocks written."""
+        """Serves `ops` in order: reads the blocks read, writes the blocks written.
+
+        `paths` is accepted for interface parity with `PathOram` and ignored: the
+        baseline touches exactly the blocks asked for (it hides contents, not access).
+        """
         if not ops:
             return []
         p = self.params

@@ -209,21 +209,30 @@ class PathOram:
         self.access_batch([Write(block, data)])
 
     def access_batch(
-        self, ops: Sequence[Read | Write], *, in_transaction: TransactionHook | None = None
+        self,
+        ops: Sequence[Read | Write],
+        *,
+        in_transaction: TransactionHook | None = None,
+        paths: int | None = None,
     ) -> list[bytes | None]:
-        """Serves `ops` in order with one padded batch of `batch_size` path accesses.
+        """Serves `ops` in order with one padded batch of `paths` path accesses.
 
-        At most `batch_size` distinct blocks per call. `in_transaction(txn, seq)`
-        runs inside the batch's storage transaction, so a caller's own rows
-        (e.g. an ingest watermark) commit atomically with the paths. Nothing in
-        memory or in storage changes unless the whole batch commits.
+        `paths` defaults to `batch_size` and may be smaller (a caller with its own
+        fixed batch shape, e.g. the query budget), never larger; at most `paths`
+        distinct blocks per call. `in_transaction(txn, seq)` runs inside the
+        batch's storage transaction, so a caller's own rows (e.g. an ingest
+        watermark) commit atomically with the paths. Nothing in memory or in
+        storage changes unless the whole batch commits.
         """
         if not ops:
             return []
-        distinct = self._validate(ops)
         p = self.params
-        # batch_size fresh leaves: new homes for the real blocks, paths for the dummies.
-        fresh = self._random_leaves(p.batch_size)
+        width = p.batch_size if paths is None else paths
+        if not 1 <= width <= p.batch_size:
+            raise InvalidRequest(f"paths must be between 1 and the batch size {p.batch_size}")
+        distinct = self._validate(ops, width)
+        # `width` fresh leaves: new homes for the real blocks, paths for the dummies.
+        fresh = self._random_leaves(width)
         positions = self._state.positions
         read_leaves = [int(positions[b]) for b in distinct] + fresh[len(distinct) :]
         remap = dict(zip(distinct, fresh[: len(distinct)], strict=True))
@@ -255,13 +264,12 @@ class PathOram:
                 f"writer is at {self._state.seq}: another writer has committed; reopen the tree"
             )
 
-    def _validate(self, ops: Sequence[Read | Write]) -> list[int]:
-        p = self.params
-        check_ops(p, ops)
+    def _validate(self, ops: Sequence[Read | Write], width: int) -> list[int]:
+        check_ops(self.params, ops)
         distinct = list(dict.fromkeys(op.block for op in ops))
-        if len(distinct) > p.batch_size:
+        if len(distinct) > width:
             raise InvalidRequest(
-                f"{len(distinct)} distinct blocks in one batch; the batch size is {p.batch_size}"
+                f"{len(distinct)} distinct blocks in one batch of {width} paths"
             )
         return distinct
 

@@ -12,6 +12,11 @@ shares no memory with the host), each length-prefixed by the pipe:
     host -> enclave   canonical CBOR [name, payload]
     enclave -> host   [0, result] | [1, error class, message] | ["ready", [names]]
 
+Like an SGX enclave with several thread control structures, the enclave can
+serve `threads` ecalls at once: each is a pipe of its own, served by its own
+thread inside the enclave, and the host hands a call to whichever pipe is free.
+With the default of one, ecalls run strictly one after another.
+
 An optional audit hook sees every frame in both directions, exactly as it
 crossed, so tests can assert that no plaintext or key ever leaves the enclave.
 Errors raised inside the enclave come back as the same `OTraceError` subclass;
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import queue
 import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
@@ -50,18 +56,22 @@ class Enclave:
         *,
         audit: AuditHook | None = None,
         timeout: float = 30.0,
+        threads: int = 1,
     ) -> None:
         module, _, function = entry.partition(":")
         if not module or not function:
             raise InvalidRequest(
                 f"enclave entry {entry!r} must look like 'package.module:function'"
             )
+        if threads < 1:
+            raise InvalidRequest("an enclave needs at least one thread")
         self._entry = entry
         self._init = init
         self._audit = audit
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
+        self._threads = threads
+        self._free: queue.Queue[Connection] = queue.Queue()
+        self._conns: list[Connection] = []
         self._process: multiprocessing.process.BaseProcess | None = None
         self._ecalls: frozenset[str] = frozenset()
 
@@ -90,37 +100,52 @@ class Enclave:
     def start(self) -> None:
         """Spawn the enclave process and wait until it declared its ecalls."""
         context = multiprocessing.get_context("spawn")
-        host_end, enclave_end = context.Pipe(duplex=True)
+        pipes = [context.Pipe(duplex=True) for _ in range(self._threads)]
         process = context.Process(
-            target=_enclave_main, args=(enclave_end, self._entry, self._init), daemon=True
+            target=_enclave_main,
+            args=([e for _, e in pipes], self._entry, self._init),
+            daemon=True,
         )
         process.start()
-        enclave_end.close()
-        self._conn, self._process = host_end, process
-        reply = self._receive(host_end, "startup")
+        for _, enclave_end in pipes:
+            enclave_end.close()
+        self._conns, self._process = [h for h, _ in pipes], process
+        reply = self._receive(self._conns[0], "startup")
         if not (isinstance(reply, list) and reply[:1] == ["ready"] and len(reply) == 2):
             self.close()
             raise _error_from(reply, "startup")
         self._ecalls = frozenset(reply[1])
+        for conn in self._conns:
+            self._free.put(conn)
 
     def call(self, name: str, payload: bytes = b"") -> bytes:
         """Run ecall `name` inside the enclave; errors come back as `OTraceError`s."""
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise UnavailableError("the enclave is not running; call start() first")
+        if not self._conns:
+            raise UnavailableError("the enclave is not running; call start() first")
+        try:
+            conn = self._free.get(timeout=self._timeout)
+        except queue.Empty:
+            raise UnavailableError(
+                f"no enclave thread became free for {name!r} in {self._timeout}s"
+            ) from None
+        try:
             self._send(conn, encode_canonical([name, payload]))
             reply = self._receive(conn, name)
+        except UnavailableError:
+            # A late reply could still arrive on this pipe and answer the wrong call.
+            conn.close()
+            raise
+        self._free.put(conn)
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == 0:
             if isinstance(reply[1], bytes):
                 return reply[1]
         raise _error_from(reply, name)
 
     def close(self) -> None:
-        """Stop the enclave process (closing the pipe ends its loop)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Stop the enclave process (closing the pipes ends its loops)."""
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
         if self._process is not None:
             self._process.join(timeout=5)
             if self._process.is_alive():
@@ -159,14 +184,21 @@ def _error_from(reply: Any, what: str) -> OTraceError:
     return UnavailableError(f"the enclave sent an unexpected reply to {what!r}")
 
 
-def _enclave_main(conn: Connection, entry: str, init: bytes) -> None:
-    """The enclave process: build the ecall table, then serve frames until the pipe closes."""
+def _enclave_main(conns: list[Connection], entry: str, init: bytes) -> None:
+    """The enclave process: build the ecall table, then serve each pipe until it closes."""
+    first = conns[0]
     try:
         table = _load_table(entry, init)
     except Exception as exc:
-        conn.send_bytes(encode_canonical(_failure(exc, "startup")))
+        first.send_bytes(encode_canonical(_failure(exc, "startup")))
         return
-    conn.send_bytes(encode_canonical(["ready", sorted(table)]))
+    first.send_bytes(encode_canonical(["ready", sorted(table)]))
+    for conn in conns[1:]:
+        threading.Thread(target=_serve, args=(conn, table), daemon=True).start()
+    _serve(first, table)
+
+
+def _serve(conn: Connection, table: Mapping[str, Ecall]) -> None:
     while True:
         try:
             frame = conn.recv_bytes()

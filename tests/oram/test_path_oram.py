@@ -47,8 +47,12 @@ def test_bad_requests_are_refused_and_change_nothing(store_url: str, make_store:
         oram.read(-1)
     with pytest.raises(InvalidRequest, match="must be exactly 64 bytes, got 3"):
         oram.write(2, b"abc")
-    with pytest.raises(InvalidRequest, match="3 distinct blocks in one batch; the batch size is 2"):
+    with pytest.raises(InvalidRequest, match="3 distinct blocks in one batch of 2 paths"):
         oram.access_batch([Read(1), Read(2), Read(3)])
+    with pytest.raises(InvalidRequest, match="2 distinct blocks in one batch of 1 paths"):
+        oram.access_batch([Read(1), Read(2)], paths=1)
+    with pytest.raises(InvalidRequest, match="paths must be between 1 and the batch size 2"):
+        oram.access_batch([Read(1)], paths=3)
     assert oram.seq == seq
     assert oram.read(1) == block(1)
 
@@ -82,6 +86,19 @@ def test_batches_are_padded_to_the_batch_size(store_url: str, make_store: MakeSt
         # Eight random leaves of 4096 collide rarely: the union has ~8 leaf buckets
         # whether 1, 3 or 8 accesses were real.
         assert 7 <= len(leaves) <= 8
+
+
+def test_a_narrower_batch_is_padded_to_its_own_width(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url, TracingStore)
+    oram = new_oram(store, blocks=1 << 12, batch_size=8, cache_levels=0)
+    oram.write(5, block(5))
+    height = oram.params.height
+    for real in (1, 4):
+        store.trace.reads.clear()
+        got = oram.access_batch([Read(b) for b in range(5, 5 + real)], paths=4)
+        assert got[0] == block(5)
+        leaves = {n for n in store.trace.reads[0] if n >= 1 << height}
+        assert 3 <= len(leaves) <= 4
 
 
 def test_cached_levels_are_written_but_never_read(store_url: str, make_store: MakeStore) -> None:

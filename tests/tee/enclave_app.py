@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from otrace.errors import IntegrityError
 from tee import EcallTable, Sealer
@@ -24,6 +25,7 @@ def ecalls(init: bytes) -> EcallTable:
         "seal": lambda payload: sealer.seal(payload, b"boundary-test"),
         "fail_plainly": fail_plainly,
         "fail_integrity": fail_integrity,
+        "sleep": lambda payload: (time.sleep(float(payload.decode())), payload)[1],
     }
 
 

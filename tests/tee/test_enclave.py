@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,7 +32,7 @@ def test_enclave_runs_in_a_separate_process(audited) -> None:
 
 def test_declared_ecalls_work(audited) -> None:
     enclave, _ = audited
-    assert enclave.ecalls == {"echo", "pid", "seal", "fail_plainly", "fail_integrity"}
+    assert enclave.ecalls == {"echo", "pid", "seal", "fail_plainly", "fail_integrity", "sleep"}
     assert enclave.call("echo", b"hello") == b"hello"
 
 
@@ -95,3 +97,24 @@ def test_dead_enclave_is_reported() -> None:
 def test_bad_entry_point_is_refused() -> None:
     with pytest.raises(InvalidRequest, match=r"must look like 'package.module:function'"):
         Enclave("no_colon_here")
+
+
+def test_one_thread_serialises_ecalls_and_two_serve_them_side_by_side() -> None:
+    def time_two_sleeps(threads: int) -> float:
+        with Enclave(ENTRY, KEY, threads=threads) as enclave:
+            slow = threading.Thread(target=enclave.call, args=("sleep", b"0.5"))
+            started = time.monotonic()
+            slow.start()
+            time.sleep(0.05)
+            assert enclave.call("echo", b"quick") == b"quick"
+            waited = time.monotonic() - started
+            slow.join()
+            return waited
+
+    assert time_two_sleeps(1) >= 0.45  # the quick call waited for the slow one
+    assert time_two_sleeps(2) < 0.4  # a second thread answered it at once
+
+
+def test_an_enclave_needs_a_thread() -> None:
+    with pytest.raises(InvalidRequest, match="at least one thread"):
+        Enclave(ENTRY, KEY, threads=0)
