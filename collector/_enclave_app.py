@@ -9,6 +9,14 @@ only calls the host can make:
     flush   b""                         -> epochs run (drains the journal now)
     scan    b""                         -> TracesData bytes of every stored span
     stats   b""                         -> {"journal_depth", "spans", "epochs", ...}
+    query_open   {"nonce"}                         -> {"session", "quote", "public_key"}
+    query_call   {"session", "record", "public_key"} -> sealed reply record
+    query_close  {"session"}                       -> b""
+    issue_credential  analyst name (UTF-8)         -> analyst credential fields (CBOR)
+
+The query ecalls carry attested-channel records the host cannot read (see
+`query._session`). `issue_credential` trusts the host the way the embedded
+KMS already does (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from collector._ingest import BlockDevice, IngestEngine
 from collector._journal import Journal
 from oram_store import DirectBlockStore, OramParams, PathOram, SqlBucketStore
-from otrace.errors import ConfigError, OTraceError
+from otrace.errors import ConfigError, InvalidRequest, OTraceError
+from query import EdbCodec, EdbRow, Indexer, QueryBudget, QueryExecutor, QuerySessions
 from tee import (
     SECURITY_VERSION,
     KmsClient,
@@ -41,8 +50,9 @@ from tee._enclave import EcallTable
 
 __all__ = ["NODE_SECRETS", "EnclaveConfig", "start"]
 
-NODE_SECRETS = ("oram_key", "state_key")
+NODE_SECRETS = ("oram_key", "state_key", "index_key")
 TREE_ID = "spans"
+_MAINTENANCE_S = 10.0
 log = logging.getLogger("otrace.enclave")
 
 
@@ -61,6 +71,10 @@ class EnclaveConfig:
     batch: int = 32
     cache_levels: int = 8
     epoch_ms: int = 200
+    retention_s: int = 7 * 86400
+    query_width: int = 16
+    trace_batches: int = 1
+    search_batches: int = 4
 
     def to_bytes(self) -> bytes:
         return cbor2.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -87,10 +101,37 @@ def start(init: bytes) -> EcallTable:
         if config.journal_path
         else Journal(device.store.engine, journal_key)  # type: ignore[attr-defined]
     )
-    engine = IngestEngine(device, journal, sealer)
+    indexer = Indexer(
+        secrets["index_key"],
+        EdbCodec(_derive(secrets["state_key"], b"otrace/edb-value")),
+        retention_ns=config.retention_s * 10**9,
+    )
+    engine = IngestEngine(device, journal, sealer, indexer=indexer)
+    budget = QueryBudget(
+        min(config.query_width, device.params.batch_size),
+        config.trace_batches,
+        config.search_batches,
+    )
+    executor = QueryExecutor(engine, engine.edb, _edb_reader(engine), indexer, budget=budget)
+    sessions = QuerySessions(
+        platform, identity, executor, _derive(secrets["state_key"], b"otrace/analyst-auth")
+    )
     epochs = _EpochThread(engine, config.epoch_ms / 1000)
     epochs.start()
-    return _ecalls(engine, epochs)
+    return {
+        **_ecalls(engine, epochs),
+        **_query_ecalls(sessions, secrets["index_key"], identity.measurement, platform),
+    }
+
+
+def _edb_reader(engine: IngestEngine) -> Any:
+    db = engine.device.store.engine  # type: ignore[attr-defined]
+
+    def lookup(labels: Any) -> list[EdbRow]:
+        with db.connect() as conn:
+            return engine.edb.lookup(conn, labels)
+
+    return lookup
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
@@ -131,12 +172,18 @@ class _EpochThread(threading.Thread):
         self.epoch_seconds: list[float] = []
 
     def run(self) -> None:
+        last_maintenance = time.monotonic()
         while True:
             self.wake.wait(self.period)
             self.wake.clear()
             try:
                 while (report := self.engine.drain_once()) is not None:
                     self.epoch_seconds.append(report.seconds)
+                # Epochs maintain the index after each write; an idle node still has to
+                # drop segments as they pass the retention.
+                if time.monotonic() - last_maintenance > _MAINTENANCE_S:
+                    self.engine.maintain()
+                    last_maintenance = time.monotonic()
                 self.last_error = ""
             except Exception as exc:
                 # The journal still holds the spans: retry later. Only otrace's own
@@ -177,3 +224,48 @@ def _ecalls(engine: IngestEngine, epochs: _EpochThread) -> EcallTable:
         )
 
     return {"ingest": ingest, "flush": flush, "scan": scan, "stats": stats}
+
+
+def _query_ecalls(
+    sessions: QuerySessions, index_key: bytes, measurement: bytes, platform: Platform
+) -> EcallTable:
+    def query_open(payload: bytes) -> bytes:
+        nonce = cbor2.loads(payload).get("nonce")
+        if not isinstance(nonce, bytes):
+            raise InvalidRequest("a query session starts with a nonce")
+        sid, quote, public_key = sessions.open(nonce)
+        return cbor2.dumps({"session": sid, "quote": quote, "public_key": public_key})
+
+    def query_call(payload: bytes) -> bytes:
+        frame = cbor2.loads(payload)
+        public_key = frame.get("public_key")
+        return sessions.call(
+            int(frame["session"]),
+            bytes(frame["record"]),
+            None if public_key is None else bytes(public_key),
+        )
+
+    def query_close(payload: bytes) -> bytes:
+        sessions.close(int(cbor2.loads(payload)["session"]))
+        return b""
+
+    def issue_credential(payload: bytes) -> bytes:
+        name = payload.decode()
+        if not name or len(name) > 128:
+            raise InvalidRequest("an analyst name is 1 to 128 characters")
+        return cbor2.dumps(
+            {
+                "name": name,
+                "index_key": index_key,
+                "auth_key": sessions.credential_key(name),
+                "platform_key": platform.attestation_public_key,
+                "measurement": measurement,
+            }
+        )
+
+    return {
+        "query_open": query_open,
+        "query_call": query_call,
+        "query_close": query_close,
+        "issue_credential": issue_credential,
+    }

@@ -9,30 +9,51 @@ crash at any instant either replays an epoch from the journal or continues a
 half-written one where it stopped: every acknowledged span is stored exactly once.
 Packing is deterministic for a given set of entries, which is what makes
 continuing a half-written epoch safe.
+
+The epoch's last batch also commits its index segment (EDB rows) and the
+sealed index state; compaction and retention (`maintain`) commit theirs with a
+padding read, so every index change is atomic with an ORAM commit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector._journal import Journal
 from collector._otlp import PROTOBUF, Limits, decode_request, validate
-from collector._packing import pack_blocks, records_from_request, traces_data, unpack_blocks
 from oram_store import OramParams, Read, TransactionHook, TreeTransaction, Write
-from otrace.errors import IntegrityError, InvalidRequest
+from otrace.errors import ConfigError, IntegrityError, InvalidRequest
+from query import (
+    EdbTable,
+    EpochSpans,
+    Indexer,
+    IndexState,
+    PackedBlock,
+    decode_index,
+    encode_index,
+    pack_blocks,
+    records_from_request,
+    traces_data,
+    unpack_blocks,
+)
 from tee import StateSealer
 
 __all__ = ["BlockDevice", "EpochReport", "IngestEngine", "IngestOutcome", "IngestState"]
 
 _STATE = "ingest"
+_INDEX = "index"
+IndexWork = Callable[[Any], IndexState]  # runs on the transaction's SQL connection
 
 
 class BlockDevice(Protocol):
@@ -47,7 +68,11 @@ class BlockDevice(Protocol):
     def store(self) -> object: ...
 
     def access_batch(
-        self, ops: Sequence[Read | Write], *, in_transaction: TransactionHook | None = None
+        self,
+        ops: Sequence[Read | Write],
+        *,
+        in_transaction: TransactionHook | None = None,
+        paths: int | None = None,
     ) -> list[bytes | None]: ...
 
 
@@ -70,6 +95,8 @@ class IngestState:
     epochs: int = 0
     spans: int = 0
     pending: tuple[int, int, int, int] | None = None  # first, last entry, blocks done, base
+    index_gen: int = 0  # which sealed index state belongs to this commit ...
+    index_digest: bytes = bytes(32)  # ... and its SHA-256
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +116,23 @@ class IngestEngine:
         journal: Journal,
         sealer: StateSealer,
         *,
+        indexer: Indexer,
         limits: Limits | None = None,
         max_epoch_entries: int = 256,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.device = device
         self.journal = journal
+        self.indexer = indexer
+        self.edb = EdbTable(device.store.engine, device.params.tree_id)  # type: ignore[attr-defined]
         self._sealer = sealer
         self._limits = limits or Limits()
         self._max_entries = max_epoch_entries
-        self._drain_lock = threading.Lock()
+        self._clock = clock
+        # Reentrant: the query executor holds it across its index reads and block reads.
+        self.lock = threading.RLock()
         self.state = self._load_state()
+        self.index = self._load_index()
         journal.resume_after(self.state.watermark)
 
     # ----------------------------------------------------------------- ingest
@@ -129,7 +163,7 @@ class IngestEngine:
 
     def drain_once(self) -> EpochReport | None:
         """Runs one epoch if the journal holds anything; returns what it stored."""
-        with self._drain_lock:
+        with self.lock:
             started = time.perf_counter()
             st = self.state
             if st.pending is not None:
@@ -153,6 +187,7 @@ class IngestEngine:
             ]
             blocks = pack_blocks(records, self.device.params.block_size)
             self._write_epoch(blocks, (first, last, done, base), len(records))
+            self.maintain()
             self.journal.truncate(last)
             return EpochReport(
                 len(entries), len(records), len(blocks), time.perf_counter() - started
@@ -166,31 +201,81 @@ class IngestEngine:
         return epochs
 
     def _write_epoch(
-        self, blocks: list[bytes], where: tuple[int, int, int, int], spans: int
+        self, blocks: list[PackedBlock], where: tuple[int, int, int, int], spans: int
     ) -> None:
         first, last, done, base = where
         p = self.device.params
         while True:
             chunk = blocks[done : done + p.batch_size]
             ops: list[Read | Write] = [
-                Write((base + done + i) % p.blocks, block) for i, block in enumerate(chunk)
+                Write((base + done + i) % p.blocks, block.data) for i, block in enumerate(chunk)
             ]
             done += len(chunk)
             st = self.state
+            work: IndexWork | None = None
             if done < len(blocks):
                 new = replace(st, pending=(first, last, done, base))
             else:
-                new = IngestState(last, base + len(blocks), st.epochs + 1, st.spans + spans)
-            # An epoch of empty requests still commits its watermark: a dummy read.
-            self._access(ops or [Read(0)], new)
+                new = replace(
+                    st,
+                    watermark=last,
+                    next_block=base + len(blocks),
+                    epochs=st.epochs + 1,
+                    spans=st.spans + spans,
+                    pending=None,
+                )
+                work = self._index_epoch(blocks, base)
+            # An epoch of empty requests still commits its watermark: a padding read.
+            self._access(ops or [self._padding_read()], new, work)
             if new.pending is None:
                 return
+
+    def _index_epoch(self, blocks: list[PackedBlock], base: int) -> IndexWork | None:
+        if not blocks:
+            return None
+        records = [r for b in blocks for r in b.records]
+        epoch = EpochSpans(
+            blocks=[
+                (base + i, {w for r in b.records for w in r.keywords}) for i, b in enumerate(blocks)
+            ],
+            t_min=min(r.start_ns for r in records),
+            t_max=max(r.start_ns for r in records),
+            spans=len({(r.trace_id, r.span_id) for r in records}),
+            operations={r.operation for r in records},
+        )
+        index, rows = self.indexer.add_epoch(self.index, epoch)
+
+        def write(conn: Any) -> IndexState:
+            self.edb.insert(conn, rows)
+            return index
+
+        return write
+
+    def maintain(self) -> bool:
+        """Compaction and retention: drops expired or overwritten segments, merges one group."""
+        with self.lock:
+            plan = self.indexer.plan(self.index, self._clock(), self.live_from())
+            if not plan:
+                return False
+
+            def work(conn: Any) -> IndexState:
+                old = self.edb.segment_rows(conn, [s.id for s in plan.merge])
+                index, rows = self.indexer.apply(self.index, plan, old)
+                self.edb.delete_segments(conn, [s.id for s in (*plan.retire, *plan.merge)])
+                self.edb.insert(conn, rows)
+                return index
+
+            self._access([self._padding_read()], self.state, work)
+            return True
+
+    def _padding_read(self) -> Read:
+        return Read(secrets.randbelow(self.device.params.blocks))
 
     # ------------------------------------------------------------------- read
 
     def scan(self) -> TracesData:
         """Every stored span, read back through the device (diagnostics and tests)."""
-        with self._drain_lock:
+        with self.lock:
             p = self.device.params
             total = min(self.state.next_block, p.blocks)
             blocks: list[bytes] = []
@@ -200,19 +285,66 @@ class IngestEngine:
                 blocks.extend(b for b in got if b is not None)
             return traces_data(unpack_blocks(blocks))
 
+    def live_from(self) -> int:
+        """The oldest absolute block number the ring has not overwritten."""
+        return max(0, self.state.next_block - self.device.params.blocks)
+
+    def read_blocks(self, wanted: Sequence[int], batches: int, width: int) -> dict[int, bytes]:
+        """Exactly `batches` device batches of `width` paths, serving as many of `wanted`
+        (absolute block numbers, in priority order) as fit; the rest is padding."""
+        p = self.device.params
+        with self.lock:
+            live = [
+                b for b in dict.fromkeys(wanted) if self.live_from() <= b < self.state.next_block
+            ]
+            out: dict[int, bytes] = {}
+            for i in range(batches):
+                chunk = live[i * width : (i + 1) * width]
+                ops = [Read(b % p.blocks) for b in chunk] or [self._padding_read()]
+                got = self._access(ops, self.state, paths=width)
+                out.update(
+                    (b, data) for b, data in zip(chunk, got, strict=False) if data is not None
+                )
+            return out
+
     # ------------------------------------------------------------ sealed state
 
-    def _access(self, ops: Sequence[Read | Write], state: IngestState) -> list[bytes | None]:
+    def _access(
+        self,
+        ops: Sequence[Read | Write],
+        state: IngestState,
+        work: IndexWork | None = None,
+        *,
+        paths: int | None = None,
+    ) -> list[bytes | None]:
         """Every device batch goes through here: reads commit too (they rewrite paths),
         and the sealed ingest state is bound to the commit number, so each batch
-        re-seals it in the same transaction."""
-        results = self.device.access_batch(ops, in_transaction=self._saver(state))
-        self.state = state
+        re-seals it in the same transaction, with the index change `work` if any."""
+        done: list[tuple[IngestState, IndexState]] = []
+        results = self.device.access_batch(
+            ops, in_transaction=self._saver(state, work, done), paths=paths
+        )
+        self.state, self.index = done[0]
         return results
 
-    def _saver(self, state: IngestState) -> TransactionHook:
+    def _saver(
+        self,
+        state: IngestState,
+        work: IndexWork | None,
+        done: list[tuple[IngestState, IndexState]],
+    ) -> TransactionHook:
         def save(txn: TreeTransaction, seq: int) -> None:
-            txn.write_aux(_STATE, self._sealer.seal(_encode(state), self._context(seq)))
+            index = self.index
+            if work is not None:
+                index = work(txn.connection)  # type: ignore[attr-defined]
+                gen = state.index_gen + 1
+                blob = self._sealer.seal(encode_index(index), self._index_context(gen))
+                txn.write_aux(_INDEX, blob)
+                new = replace(state, index_gen=gen, index_digest=hashlib.sha256(blob).digest())
+            else:
+                new = state
+            txn.write_aux(_STATE, self._sealer.seal(_encode(new), self._context(seq)))
+            done.append((new, index))
 
         return save
 
@@ -220,6 +352,24 @@ class IngestEngine:
         return (
             b"otrace-ingest-state\x00" + self.device.params.fingerprint() + struct.pack("<Q", seq)
         )
+
+    def _index_context(self, gen: int) -> bytes:
+        return b"otrace-index-state\x00" + self.device.params.fingerprint() + struct.pack("<Q", gen)
+
+    def _load_index(self) -> IndexState:
+        if self.state.index_gen == 0:
+            return IndexState()
+        store = self.device.store
+        with store.transaction(self.device.params.tree_id) as txn:  # type: ignore[attr-defined]
+            blob = txn.read_aux(_INDEX)
+        if blob is None or not hmac.compare_digest(
+            hashlib.sha256(blob).digest(), self.state.index_digest
+        ):
+            raise IntegrityError(
+                "the sealed index state in storage is not the one the ORAM commit names "
+                "(missing, tampered or rolled back separately)"
+            )
+        return decode_index(self._sealer.unseal(blob, self._index_context(self.state.index_gen)))
 
     def _load_state(self) -> IngestState:
         store = self.device.store
@@ -239,24 +389,40 @@ class IngestEngine:
         return _decode(plain)
 
 
-_STATE_LAYOUT = struct.Struct("<QQQQBQQQQ")  # fixed size: counters never show in the row length
+# Fixed size, so counters never show in the row length; the version refuses older layouts.
+_STATE_LAYOUT = struct.Struct("<BQQQQBQQQQQ32s")
+_STATE_VERSION = 2
 
 
 def _encode(state: IngestState) -> bytes:
     pending = state.pending or (0, 0, 0, 0)
     return _STATE_LAYOUT.pack(
+        _STATE_VERSION,
         state.watermark,
         state.next_block,
         state.epochs,
         state.spans,
         state.pending is not None,
         *pending,
+        state.index_gen,
+        state.index_digest,
     )
 
 
 def _decode(raw: bytes) -> IngestState:
-    watermark, next_block, epochs, spans, has_pending, *pending = _STATE_LAYOUT.unpack(raw)
-    first, last, done, base = pending
+    if len(raw) != _STATE_LAYOUT.size or raw[0] != _STATE_VERSION:
+        raise ConfigError(
+            "the data directory was written by an older otrace (ingest state layout "
+            "changed); move it aside and start afresh"
+        )
+    _, watermark, next_block, epochs, spans, has_pending, *rest = _STATE_LAYOUT.unpack(raw)
+    first, last, done, base, index_gen, index_digest = rest
     return IngestState(
-        watermark, next_block, epochs, spans, (first, last, done, base) if has_pending else None
+        watermark,
+        next_block,
+        epochs,
+        spans,
+        (first, last, done, base) if has_pending else None,
+        index_gen,
+        index_digest,
     )

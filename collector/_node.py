@@ -27,6 +27,7 @@ from collector._http_receiver import HttpReceiver
 from collector._metrics import MetricsServer
 from otrace.errors import ConfigError, UnavailableError
 from otrace.settings import Settings
+from query import AnalystCredential, QueryServer
 from tee import (
     SECURITY_VERSION,
     AuditHook,
@@ -63,6 +64,8 @@ class Node:
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
         self.metrics: MetricsServer | None = None
+        self.query: QueryServer | None = None
+        self.credential_path = settings.data_dir / "analyst.cred"
 
     def start(self) -> None:
         """Starts every part; if one fails, stops those already running and re-raises."""
@@ -82,10 +85,17 @@ class Node:
         kms = _embedded_kms(platform, s.platform_dir)
         self._kms_server = serve_kms(kms, "127.0.0.1:0")
         self.kms_target, self.kms_key = f"127.0.0.1:{self._kms_server.port}", kms.public_key
+        # Three enclave threads: ingest, queries and stats never wait behind each other.
         self.enclave = Enclave(
-            ENCLAVE_ENTRY, self._enclave_config(kms).to_bytes(), audit=self._audit, timeout=600.0
+            ENCLAVE_ENTRY,
+            self._enclave_config(kms).to_bytes(),
+            audit=self._audit,
+            timeout=600.0,
+            threads=3,
         )
         self.enclave.start()
+        self.query = QueryServer(self.enclave.call, s.query)
+        self._write_credential(self.query.port)
         self.committer = GroupCommitter(self.enclave.call, max_pending=s.max_pending_requests)
         self.grpc = GrpcReceiver(
             self.committer,
@@ -121,7 +131,33 @@ class Node:
             batch=s.oram_batch,
             cache_levels=s.cache_levels,
             epoch_ms=s.epoch_ms,
+            retention_s=s.retention,
+            query_width=s.query_batch,
+            trace_batches=s.trace_reads // s.query_batch,
+            search_batches=s.search_reads // s.query_batch,
         )
+
+    def _write_credential(self, port: int) -> None:
+        """Writes the analyst credential on first start (and after an upgrade changed the
+        measurement or the endpoint), so `otrace search` works out of the box."""
+        assert self.enclave is not None
+        fields = cbor2.loads(self.enclave.call("issue_credential", self.settings.analyst.encode()))
+        host = self.settings.query.rpartition(":")[0] or "127.0.0.1"
+        wanted = AnalystCredential(
+            str(fields["name"]),
+            bytes(fields["index_key"]),
+            bytes(fields["auth_key"]),
+            bytes(fields["platform_key"]),
+            (bytes(fields["measurement"]),),
+            f"{host}:{port}",
+        )
+        try:
+            current = AnalystCredential.load(self.credential_path)
+        except ConfigError:
+            current = None
+        if current != wanted:
+            wanted.save(self.credential_path)
+            log.info("analyst credential written to %s", self.credential_path)
 
     def flush(self) -> int:
         """Drains the journal into the ORAM now; returns the epochs run."""
@@ -142,9 +178,9 @@ class Node:
 
     def stop(self) -> None:
         """Stops listeners first, then lets queued Exports finish, then the enclave."""
-        grpc_rx, http_rx, metrics = self.grpc, self.http, self.metrics
-        self.grpc = self.http = self.metrics = None
-        for receiver in (grpc_rx, http_rx, metrics):
+        grpc_rx, http_rx, metrics, query = self.grpc, self.http, self.metrics, self.query
+        self.grpc = self.http = self.metrics = self.query = None
+        for receiver in (grpc_rx, http_rx, metrics, query):
             if receiver is not None:
                 receiver.stop()
         if self.committer is not None:
@@ -171,8 +207,9 @@ def _embedded_kms(platform: Platform, platform_dir: Path) -> Kms:
     wanted = PolicyRule(secrets=NODE_SECRETS, measurement=measurement)
     if parsed is not None and wanted in parsed.rules:
         return kms
+    # Rules for node secrets (an older build, or an older set of secrets) are replaced.
     others = tuple(
-        r for r in (parsed.rules if parsed else ()) if set(r.secrets) != set(NODE_SECRETS)
+        r for r in (parsed.rules if parsed else ()) if not set(r.secrets) <= set(NODE_SECRETS)
     )
     policy = KmsPolicy(
         rules=(*others, wanted),

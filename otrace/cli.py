@@ -12,6 +12,7 @@ import click
 
 from otrace import __version__
 from otrace.bench._cli import bench
+from otrace.cli_query import operations, search, services, trace
 from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
 from otrace.errors import OTraceError
@@ -29,6 +30,10 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(search)
+cli.add_command(trace)
+cli.add_command(services)
+cli.add_command(operations)
 cli.add_command(attest)
 cli.add_command(kms)
 cli.add_command(bench)

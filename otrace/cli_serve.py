@@ -27,7 +27,7 @@ __all__ = ["serve"]
 )
 @click.option("--otlp-grpc", help="OTLP/gRPC listen address. [127.0.0.1:4317]")
 @click.option("--otlp-http", help="OTLP/HTTP listen address. [127.0.0.1:4318]")
-@click.option("--query", help="Query API listen address (not served yet). [127.0.0.1:16685]")
+@click.option("--query", help="Query API listen address (otrace search/trace). [127.0.0.1:16685]")
 @click.option("--metrics", help="Prometheus /metrics address; '' disables. [127.0.0.1:8888]")
 @click.option(
     "--storage",
@@ -43,6 +43,12 @@ __all__ = ["serve"]
 @click.option("--oram-blocks", type=int, help="ORAM capacity in blocks, fixed at creation. [65536]")
 @click.option("--block-size", type=int, help="Block size in bytes, fixed at creation. [4096]")
 @click.option("--epoch", "epoch_ms", help="Epoch period, e.g. 200ms. [200ms]")
+@click.option("--retention", help="How long spans stay searchable, e.g. 7d, 12h. [7d]")
+@click.option(
+    "--search-reads",
+    type=int,
+    help="ORAM reads every search spends, whatever it matches (more finds more). [64]",
+)
 @click.option(
     "--max-request-size",
     "max_request_bytes",
@@ -84,6 +90,9 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     table.add_row("OTLP/HTTP", f"{scheme}://127.0.0.1:{node.http.port}/v1/traces")
     metrics = f"http://127.0.0.1:{node.metrics.port}/metrics" if node.metrics else "off"
     table.add_row("metrics", metrics)
+    assert node.query is not None
+    table.add_row("query API", f"127.0.0.1:{node.query.port}  (otrace search / otrace trace)")
+    table.add_row("analyst key", str(node.credential_path))
     table.add_row("storage", f"{settings.storage} at {settings.store_url}")
     console.print(table)
     stop = threading.Event()

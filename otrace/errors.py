@@ -14,6 +14,7 @@ into a readable message.
     ├── AttestationError       a quote, report or attested message was refused
     │   └── ChannelError       attested-channel message replayed, reordered or forged
     ├── PolicyError            a KMS policy update or secret request was refused
+    ├── AuthenticationError    an analyst credential was refused by the query service
     ├── UnavailableError       a service otrace talks to (KMS, enclave process) is unreachable
     │                          or died
     ├── FencingError           a writer's term is stale (split-brain guard)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttestationError",
+    "AuthenticationError",
     "CapacityError",
     "ChainViolation",
     "ChannelError",
@@ -85,6 +87,10 @@ class ChannelError(AttestationError):
 
 class PolicyError(OTraceError):
     """A KMS policy update or secret request was refused."""
+
+
+class AuthenticationError(OTraceError):
+    """The query service refused an analyst credential (unknown analyst or wrong key)."""
 
 
 class UnavailableError(OTraceError):

@@ -40,6 +40,11 @@ class Settings:
     oram_batch: int = 32
     cache_levels: int = 8
     max_pending_requests: int = 256
+    retention: int = 7 * 86400  # seconds; flags and files take durations such as 7d
+    query_batch: int = 16  # ORAM paths per query batch
+    trace_reads: int = 16  # ORAM reads every trace lookup spends
+    search_reads: int = 64  # ORAM reads every search spends (half finding, half fetching)
+    analyst: str = "admin"  # name in the analyst credential written on first start
     auth_token: str = dataclasses.field(default="", repr=False)
     tls_cert: str = ""
     tls_key: str = ""
@@ -52,9 +57,25 @@ class Settings:
             raise ConfigError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("mTLS (tls_client_ca) needs tls_cert and tls_key as well")
-        for name in ("max_request_bytes", "epoch_ms", "oram_blocks", "oram_batch"):
+        for name in (
+            "max_request_bytes",
+            "epoch_ms",
+            "oram_blocks",
+            "oram_batch",
+            "retention",
+            "query_batch",
+            "trace_reads",
+            "search_reads",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.query_batch > self.oram_batch:
+            raise ConfigError("query_batch cannot exceed oram_batch (the ORAM's widest batch)")
+        for name in ("trace_reads", "search_reads"):
+            if getattr(self, name) % self.query_batch:
+                raise ConfigError(f"{name} must be a multiple of query_batch ({self.query_batch})")
+        if self.search_reads < 2 * self.query_batch:
+            raise ConfigError("search_reads must be at least two query batches")
 
     @property
     def store_url(self) -> str:
@@ -103,6 +124,8 @@ def _coerce(name: str, value: Any) -> Any:
             return parse_size(value)
         if name == "epoch_ms" and isinstance(value, str) and not value.isdigit():
             return round(parse_duration(value) * 1000)
+        if name == "retention" and isinstance(value, str) and not value.isdigit():
+            return round(parse_duration(value))
         try:
             return int(value)
         except (TypeError, ValueError):

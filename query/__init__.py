@@ -1,3 +1,79 @@
-"""Searchable-encryption index, query executor and query API (see docs/ARCHITECTURE.md)."""
+"""Searchable encryption over the span store: keywords, trapdoors, the EDB, the span block
+format, the query executor, and the query API (enclave sessions, host relay, client).
 
-__all__: list[str] = []
+    client = QueryClient.connect("127.0.0.1:16685", key_file="otrace-data/analyst.cred")
+    data = client.get_trace(bytes.fromhex("5b8efff798038103d269b633813fc60c"))
+"""
+
+from query._blocks import (
+    PackedBlock,
+    SpanRecord,
+    pack_blocks,
+    records_from_request,
+    traces_data,
+    unpack_blocks,
+)
+from query._client import QueryClient, TraceAnswer
+from query._credential import AnalystCredential
+from query._edb import EdbCodec, EdbRow, EdbTable, Postings, padded_row_count
+from query._executor import QueryBudget, QueryExecutor, QueryResult, SearchRequest
+from query._index import (
+    EpochSpans,
+    Indexer,
+    IndexState,
+    MaintenancePlan,
+    Segment,
+    decode_index,
+    encode_index,
+)
+from query._keywords import (
+    attr_keyword,
+    duration_cover,
+    name_keyword,
+    service_keyword,
+    span_keywords,
+    time_cover,
+    trace_keyword,
+)
+from query._server import QueryServer
+from query._session import QuerySessions
+from query._trapdoor import label_for, trapdoor_for
+
+__all__ = [
+    "AnalystCredential",
+    "EdbCodec",
+    "EdbRow",
+    "EdbTable",
+    "EpochSpans",
+    "IndexState",
+    "Indexer",
+    "MaintenancePlan",
+    "PackedBlock",
+    "Postings",
+    "QueryBudget",
+    "QueryClient",
+    "QueryExecutor",
+    "QueryResult",
+    "QueryServer",
+    "QuerySessions",
+    "SearchRequest",
+    "Segment",
+    "SpanRecord",
+    "TraceAnswer",
+    "attr_keyword",
+    "decode_index",
+    "duration_cover",
+    "encode_index",
+    "label_for",
+    "name_keyword",
+    "pack_blocks",
+    "padded_row_count",
+    "records_from_request",
+    "service_keyword",
+    "span_keywords",
+    "time_cover",
+    "trace_keyword",
+    "traces_data",
+    "trapdoor_for",
+    "unpack_blocks",
+]

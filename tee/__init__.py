@@ -8,6 +8,7 @@ protocol are those of a real TEE, so the rest of otrace is written against them.
 from tee._channel import AttestedChannel, ChannelKey, EnclaveHello, accept_enclave, open_channel
 from tee._counter import FreshnessCounter, MonotonicCounter
 from tee._enclave import AuditHook, Ecall, EcallTable, Enclave
+from tee._files import read_private_file, write_private_file
 from tee._identity import (
     SECURITY_VERSION,
     TRUSTED_PACKAGES,
@@ -23,6 +24,7 @@ from tee._kms_service import (
     KmsServer,
     KmsTransport,
     LocalKmsTransport,
+    error_from_rpc,
     serve_kms,
 )
 from tee._platform import Platform
@@ -70,12 +72,15 @@ __all__ = [
     "VerifiedEnclave",
     "Verifier",
     "accept_enclave",
+    "error_from_rpc",
     "load_or_create_owner_key",
     "measure_code",
     "open_channel",
+    "read_private_file",
     "report_data_for",
     "serve_kms",
     "sign_policy",
     "signer_id",
     "trusted_package_roots",
+    "write_private_file",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "LocalKmsTransport",
     "decode_message",
     "encode_message",
+    "error_from_rpc",
     "serve_kms",
 ]
 
@@ -190,7 +191,7 @@ class GrpcKmsTransport:
         try:
             response = stub(request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            raise _error_from_status(exc, self._target) from None
+            raise error_from_rpc(exc, f"KMS at {self._target}") from None
         if not isinstance(response, bytes):
             raise InvalidRequest(f"KMS at {self._target} sent a non-bytes response")
         return response
@@ -244,11 +245,13 @@ def _grpc_method(handler: Callable[[bytes], bytes]) -> Callable[[bytes, Any], by
     return method
 
 
-def _error_from_status(exc: grpc.RpcError, target: str) -> OTraceError:
+def error_from_rpc(exc: grpc.RpcError, what: str) -> OTraceError:
+    """The `OTraceError` a peer sent as status details `"<ClassName>: <message>"`, or an
+    `UnavailableError` naming `what` for anything else (connection refused, deadline)."""
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
     name, _, message = details.partition(": ")
     cls = getattr(errors, name, None)
     if isinstance(cls, type) and issubclass(cls, OTraceError) and message:
         return cls(message)
-    return UnavailableError(f"KMS at {target} failed: {code.name if code else 'error'} {details}")
+    return UnavailableError(f"{what} failed: {code.name if code else 'error'} {details}")

@@ -1,0 +1,248 @@
+"""The query executor, inside the enclave: trapdoors in, OTLP traces out, a fixed read budget.
+
+Every query spends exactly its budget of block-device reads: `trace_batches`
+batches of `width` paths for `get_trace`, `search_batches` for `search` (half
+to find matching spans, half to fetch their whole traces), padded with dummy
+paths whatever the number of matches. When the postings name more blocks than
+the budget covers, the most recent are read and the answer is `truncated`.
+
+Matching is exact: candidate blocks come from intersecting postings, then
+each span read is checked by recomputing its keywords' trapdoors (equality
+predicates) and comparing its start time and duration with the numeric bounds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+from otrace.errors import InvalidRequest
+from query._blocks import SpanRecord, traces_data, unpack_blocks
+from query._edb import EdbRow, EdbTable
+from query._index import Indexer, IndexState, Segment
+from query._keywords import resource_keywords, span_keywords, trace_keyword
+from query._trapdoor import TRAPDOOR_SIZE, label_for
+
+__all__ = ["BlockSource", "QueryBudget", "QueryExecutor", "QueryResult", "SearchRequest"]
+
+MAX_LIMIT = 1000
+MAX_TERMS = 64
+MAX_COVER = 512
+
+
+class BlockSource(Protocol):
+    """What the executor needs of the ingest engine."""
+
+    @property
+    def lock(self) -> AbstractContextManager[object]: ...
+
+    @property
+    def index(self) -> IndexState: ...
+
+    def live_from(self) -> int: ...
+
+    def read_blocks(self, wanted: Sequence[int], batches: int, width: int) -> dict[int, bytes]: ...
+
+
+class EdbReader(Protocol):
+    def __call__(self, labels: Sequence[bytes]) -> list[EdbRow]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueryBudget:
+    """Reads per query, in batches of `width` paths."""
+
+    width: int = 16
+    trace_batches: int = 1
+    search_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.trace_batches < 1 or self.search_batches < 2:
+            raise InvalidRequest("a query budget needs width >= 1, trace >= 1, search >= 2 batches")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """A conjunction: every term (trapdoor) on one span, its start and duration in range."""
+
+    terms: tuple[bytes, ...] = ()
+    time_cover: tuple[bytes, ...] = ()
+    duration_cover: tuple[bytes, ...] = ()
+    start_ns: int = 0
+    end_ns: int = 2**63 - 1
+    min_duration_ns: int = 0
+    max_duration_ns: int = 2**63 - 1
+    limit: int = 20
+
+    def __post_init__(self) -> None:
+        for td in (*self.terms, *self.time_cover, *self.duration_cover):
+            if not isinstance(td, bytes) or len(td) != TRAPDOOR_SIZE:
+                raise InvalidRequest(f"a trapdoor must be {TRAPDOOR_SIZE} bytes")
+        if len(self.terms) > MAX_TERMS:
+            raise InvalidRequest(f"at most {MAX_TERMS} search terms")
+        if max(len(self.time_cover), len(self.duration_cover)) > MAX_COVER:
+            raise InvalidRequest(f"a range cover may have at most {MAX_COVER} trapdoors")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    records: list[SpanRecord] = field(repr=False)
+    truncated: bool
+    reads: int  # paths read for this query: always the budget
+
+    def traces(self) -> bytes:
+        return bytes(traces_data(self.records).SerializeToString())
+
+
+class QueryExecutor:
+    """Answers queries against the engine's index and blocks; see the module docstring."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        edb: EdbTable,
+        lookup: EdbReader,
+        indexer: Indexer,
+        *,
+        budget: QueryBudget | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._source = source
+        self._edb = edb
+        self._lookup = lookup
+        self._indexer = indexer
+        self.budget = budget or QueryBudget()
+        self._clock = clock
+
+    # ---------------------------------------------------------------- queries
+
+    def get_trace(self, trapdoor: bytes, lookback_ns: int | None = None) -> QueryResult:
+        if len(trapdoor) != TRAPDOOR_SIZE:
+            raise InvalidRequest(f"a trapdoor must be {TRAPDOOR_SIZE} bytes")
+        b = self.budget
+        with self._source.lock:
+            since = 0 if lookback_ns is None else self._clock() - lookback_ns
+            segments = [s for s in self._source.index.segments if s.t_max >= since]
+            wanted = self._union(self._postings(segments, [trapdoor]).values())
+            data = self._source.read_blocks(wanted, b.trace_batches, b.width)
+        records = [r for r in unpack_blocks(data.values()) if self._is_trace(r, trapdoor)]
+        return QueryResult(
+            records, len(wanted) > b.trace_batches * b.width, b.trace_batches * b.width
+        )
+
+    def search(self, request: SearchRequest) -> QueryResult:
+        b = self.budget
+        find, fetch = b.search_batches // 2, b.search_batches - b.search_batches // 2
+        with self._source.lock:
+            segments = [
+                s
+                for s in self._source.index.segments
+                if s.overlaps(request.start_ns, request.end_ns)
+            ]
+            candidates = self._candidates(segments, request)
+            data = self._source.read_blocks(candidates, find, b.width)
+            found = [r for r in unpack_blocks(data.values()) if self._matches(r, request)]
+            chosen = _most_recent_traces(found, request.limit)
+            trace_doors = [self._indexer.trapdoor(trace_keyword(t)) for t in chosen]
+            postings = self._postings(list(self._source.index.segments), trace_doors)
+            more = [x for x in self._union(postings.values()) if x not in data]
+            data.update(self._source.read_blocks(more, fetch, b.width))
+        keep = set(chosen)
+        records = [r for r in unpack_blocks(data.values()) if r.trace_id in keep]
+        truncated = (len(candidates) > find * b.width and len(chosen) < request.limit) or len(
+            more
+        ) > fetch * b.width
+        return QueryResult(records, truncated, b.search_batches * b.width)
+
+    def services(self) -> list[str]:
+        with self._source.lock:
+            return sorted(self._source.index.catalogue)
+
+    def operations(self, service_trapdoor: bytes) -> list[str]:
+        with self._source.lock:
+            catalogue = self._source.index.catalogue
+            for service, names in catalogue.items():
+                door = self._indexer.trapdoor(f"svc:{service}")
+                if hmac.compare_digest(door, service_trapdoor):
+                    return sorted(names)
+        return []
+
+    # ---------------------------------------------------------------- helpers
+
+    def _postings(
+        self, segments: Sequence[Segment], trapdoors: Sequence[bytes]
+    ) -> dict[tuple[int, bytes], tuple[int, ...]]:
+        """(segment id, trapdoor) -> block numbers, for every pair that has a row."""
+        wanted = {label_for(td, s.id): (s.id, td) for s in segments for td in trapdoors}
+        out: dict[tuple[int, bytes], tuple[int, ...]] = {}
+        for row in self._lookup(list(wanted)):
+            key = wanted.get(row.label)
+            if key is None or key[0] != row.segment:
+                continue
+            out[key] = self._indexer.codec.open(row).blocks
+        return out
+
+    def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> list[int]:
+        """Blocks that may hold a match, most recent first."""
+        needs_time = [s for s in segments if not s.within(request.start_ns, request.end_ns)]
+        doors = [*request.terms, *request.duration_cover]
+        postings = self._postings(segments, doors)
+        postings.update(self._postings(needs_time, request.time_cover))
+        picked: set[int] = set()
+        for seg in segments:
+            sets: list[set[int]] = [set(postings.get((seg.id, td), ())) for td in request.terms]
+            for cover, applies in (
+                (request.duration_cover, True),
+                (request.time_cover, seg in needs_time),
+            ):
+                if cover and applies:
+                    sets.append(set(self._union(postings.get((seg.id, td), ()) for td in cover)))
+            if sets:
+                picked |= set.intersection(*sets)
+            else:
+                picked.update(range(seg.first_block, seg.last_block))
+        live = self._source.live_from()
+        return sorted((x for x in picked if x >= live), reverse=True)
+
+    @staticmethod
+    def _union(postings: Iterable[Iterable[int]]) -> list[int]:
+        out: set[int] = set()
+        for blocks in postings:
+            out.update(blocks)
+        return sorted(out, reverse=True)
+
+    def _is_trace(self, record: SpanRecord, trapdoor: bytes) -> bool:
+        return hmac.compare_digest(self._indexer.trapdoor(trace_keyword(record.trace_id)), trapdoor)
+
+    def _matches(self, record: SpanRecord, request: SearchRequest) -> bool:
+        rs = ResourceSpans.FromString(record.payload)
+        span = rs.scope_spans[0].spans[0]
+        start, duration = (
+            span.start_time_unix_nano,
+            span.end_time_unix_nano - span.start_time_unix_nano,
+        )
+        if not (request.start_ns <= start <= request.end_ns):
+            return False
+        if not (request.min_duration_ns <= duration <= request.max_duration_ns):
+            return False
+        if not request.terms:
+            return True
+        _, shared = resource_keywords(rs.resource)
+        doors = {self._indexer.trapdoor(w) for w in span_keywords(shared, span)}
+        return all(td in doors for td in request.terms)
+
+
+def _most_recent_traces(records: Sequence[SpanRecord], limit: int) -> list[bytes]:
+    latest: dict[bytes, int] = {}
+    for rec in records:
+        start = ResourceSpans.FromString(rec.payload).scope_spans[0].spans[0].start_time_unix_nano
+        latest[rec.trace_id] = max(start, latest.get(rec.trace_id, 0))
+    return sorted(latest, key=lambda t: latest[t], reverse=True)[:limit]

@@ -1,0 +1,249 @@
+"""The index's enclave-side state and how it changes: epochs add segments, compaction merges
+them, retention drops them.
+
+A **segment** is the unit of the EDB: every keyword that occurs in it has one
+row labelled `label_for(trapdoor, segment id)`. Each epoch adds a level-0
+segment; when `fanout` segments share a level (and together span no more
+than `max_span_ns` of span start times) they are merged into one segment of
+the next level under a fresh id, so old labels die with their rows and the
+number of segments a query visits stays logarithmic. Segments whose spans are
+all older than the retention, or whose blocks the ring has overwritten, are
+dropped.
+
+`IndexState` (segment directory, next segment id, the service/operation
+catalogue) is sealed in storage beside the ingest state, which binds it by
+generation and digest to the ORAM commit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import cbor2
+
+from otrace.errors import IntegrityError
+from query._edb import EdbCodec, EdbRow
+from query._trapdoor import label_for, trapdoor_for
+
+__all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
+
+MAX_SERVICES = 1000
+MAX_OPERATIONS = 1000  # per service
+_LENGTH = struct.Struct("<I")
+_MIN_SEALED = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: int
+    level: int
+    t_min: int  # earliest span start (ns)
+    t_max: int  # latest span start (ns)
+    first_block: int  # absolute block numbers [first_block, last_block)
+    last_block: int
+    spans: int
+    rows: int  # EDB rows including dummies
+
+    def overlaps(self, start_ns: int, end_ns: int) -> bool:
+        return self.t_max >= start_ns and self.t_min <= end_ns
+
+    def within(self, start_ns: int, end_ns: int) -> bool:
+        return start_ns <= self.t_min and self.t_max <= end_ns
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    segments: tuple[Segment, ...] = ()
+    next_segment: int = 1
+    catalogue: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSpans:
+    """What one epoch adds to the index: keywords per absolute block, and span facts."""
+
+    blocks: Sequence[tuple[int, Iterable[str]]]
+    t_min: int
+    t_max: int
+    spans: int
+    operations: Iterable[tuple[str, str]]  # (service, span name)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenancePlan:
+    retire: tuple[Segment, ...] = ()
+    merge: tuple[Segment, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.retire or self.merge)
+
+
+class Indexer:
+    """Builds segment rows with the enclave's keys; pure apart from the codec's nonces."""
+
+    def __init__(
+        self,
+        index_key: bytes,
+        codec: EdbCodec,
+        *,
+        fanout: int = 8,
+        retention_ns: int = 7 * 86400 * 10**9,
+    ) -> None:
+        self._index_key = index_key
+        self.codec = codec
+        self.fanout = fanout
+        self.retention_ns = retention_ns
+        self.max_span_ns = max(60 * 10**9, retention_ns // 8)
+        self._trapdoors: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"Indexer(fanout={self.fanout}, retention_ns={self.retention_ns})"
+
+    def trapdoor(self, keyword: str) -> bytes:
+        found = self._trapdoors.get(keyword)
+        if found is None:
+            if len(self._trapdoors) > 200_000:
+                self._trapdoors.clear()
+            found = self._trapdoors[keyword] = trapdoor_for(self._index_key, keyword)
+        return found
+
+    # ------------------------------------------------------------------ epochs
+
+    def add_epoch(self, state: IndexState, epoch: EpochSpans) -> tuple[IndexState, list[EdbRow]]:
+        """The new state and the EDB rows of the epoch's level-0 segment."""
+        postings: dict[str, list[int]] = {}
+        for block, words in epoch.blocks:
+            for word in words:
+                postings.setdefault(word, []).append(block)
+        seg_id = state.next_segment
+        rows = self._rows(seg_id, postings)
+        numbers = [b for b, _ in epoch.blocks]
+        segment = Segment(
+            seg_id,
+            0,
+            epoch.t_min,
+            epoch.t_max,
+            min(numbers),
+            max(numbers) + 1,
+            epoch.spans,
+            len(rows),
+        )
+        new = IndexState(
+            (*state.segments, segment), seg_id + 1, _catalogued(state.catalogue, epoch.operations)
+        )
+        return new, rows
+
+    def _rows(self, seg_id: int, postings: Mapping[str, Iterable[int]]) -> list[EdbRow]:
+        labelled = {
+            word: (label_for(self.trapdoor(word), seg_id), blocks)
+            for word, blocks in postings.items()
+        }
+        return self.codec.segment_rows(seg_id, labelled)
+
+    # ------------------------------------------------------------- maintenance
+
+    def plan(self, state: IndexState, now_ns: int, live_from: int) -> MaintenancePlan:
+        """Segments to drop (expired, or every block overwritten) and, if due, one merge."""
+        horizon = now_ns - self.retention_ns
+        retire = tuple(s for s in state.segments if s.t_max < horizon or s.last_block <= live_from)
+        kept = [s for s in state.segments if s not in retire]
+        for level in sorted({s.level for s in kept}):
+            group = [s for s in kept if s.level == level][: self.fanout]
+            span = max(s.t_max for s in group) - min(s.t_min for s in group)
+            if len(group) == self.fanout and span <= self.max_span_ns:
+                return MaintenancePlan(retire, tuple(group))
+        return MaintenancePlan(retire)
+
+    def apply(
+        self, state: IndexState, plan: MaintenancePlan, merged_rows: Sequence[EdbRow]
+    ) -> tuple[IndexState, list[EdbRow]]:
+        """The state after `plan`, and the merged segment's rows (from the old segments' rows)."""
+        dropped = {s.id for s in (*plan.retire, *plan.merge)}
+        segments = [s for s in state.segments if s.id not in dropped]
+        if not plan.merge:
+            return replace(state, segments=tuple(segments)), []
+        expected = {s.id: s.rows for s in plan.merge}
+        seen = dict.fromkeys(expected, 0)
+        postings: dict[str, set[int]] = {}
+        for row in merged_rows:
+            if row.segment not in seen:
+                raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
+            seen[row.segment] += 1
+            opened = self.codec.open(row)
+            if opened.keyword:
+                postings.setdefault(opened.keyword, set()).update(opened.blocks)
+        if seen != expected:
+            raise IntegrityError(
+                "rows are missing from or were added to the encrypted index "
+                f"(segments {sorted(expected)}: expected {expected}, found {seen})"
+            )
+        seg_id = state.next_segment
+        rows = self._rows(seg_id, postings)
+        group = plan.merge
+        merged = Segment(
+            seg_id,
+            max(s.level for s in group) + 1,
+            min(s.t_min for s in group),
+            max(s.t_max for s in group),
+            min(s.first_block for s in group),
+            max(s.last_block for s in group),
+            sum(s.spans for s in group),
+            len(rows),
+        )
+        segments.append(merged)
+        segments.sort(key=lambda s: s.first_block)
+        return replace(state, segments=tuple(segments), next_segment=seg_id + 1), rows
+
+
+def _catalogued(
+    catalogue: Mapping[str, frozenset[str]], operations: Iterable[tuple[str, str]]
+) -> Mapping[str, frozenset[str]]:
+    added: dict[str, set[str]] = {}
+    for service, name in operations:
+        known = catalogue.get(service, frozenset())
+        if name in known:
+            continue
+        if service not in catalogue and len(catalogue) + len(added) >= MAX_SERVICES:
+            continue
+        adding = added.setdefault(service, set())
+        if len(known) + len(adding) < MAX_OPERATIONS:
+            adding.add(name)
+    if not added:
+        return catalogue
+    out = dict(catalogue)
+    for service, names in added.items():
+        out[service] = out.get(service, frozenset()) | names
+    return out
+
+
+def encode_index(state: IndexState) -> bytes:
+    """Canonical CBOR, length-prefixed and zero-padded to a power of two (>= 4 KiB)."""
+    body = cbor2.dumps(
+        [
+            [
+                [s.id, s.level, s.t_min, s.t_max, s.first_block, s.last_block, s.spans, s.rows]
+                for s in state.segments
+            ],
+            state.next_segment,
+            {svc: sorted(ops) for svc, ops in state.catalogue.items()},
+        ],
+        canonical=True,
+    )
+    raw = _LENGTH.pack(len(body)) + body
+    size = max(_MIN_SEALED, 1 << (len(raw) - 1).bit_length())
+    return raw + bytes(size - len(raw))
+
+
+def decode_index(raw: bytes) -> IndexState:
+    try:
+        (length,) = _LENGTH.unpack_from(raw)
+        segments, next_segment, catalogue = cbor2.loads(raw[4 : 4 + length])
+        return IndexState(
+            tuple(Segment(*(int(x) for x in s)) for s in segments),
+            int(next_segment),
+            {str(k): frozenset(str(o) for o in v) for k, v in catalogue.items()},
+        )
+    except (struct.error, ValueError, TypeError, cbor2.CBORDecodeError):
+        raise IntegrityError("the sealed index state has an unknown layout") from None

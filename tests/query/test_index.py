@@ -1,0 +1,89 @@
+"""Index segments: epochs add them, compaction merges them, retention drops them."""
+
+from __future__ import annotations
+
+import pytest
+
+from otrace.errors import IntegrityError
+from query import EdbCodec, EpochSpans, Indexer, IndexState, decode_index, encode_index
+from query._trapdoor import label_for, trapdoor_for
+
+KEY = b"\x01" * 32
+NS = 10**9
+
+
+def _indexer(**kw: int) -> Indexer:
+    return Indexer(KEY, EdbCodec(b"\x02" * 32), **kw)
+
+
+def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
+    return EpochSpans(
+        blocks=[(first_block, {f"svc:{service}", "name:x"}), (first_block + 1, {"name:y"})],
+        t_min=t,
+        t_max=t + 1,
+        spans=3,
+        operations={(service, "x"), (service, "y")},
+    )
+
+
+def test_an_epoch_adds_a_level_0_segment_with_fresh_labels() -> None:
+    ix = _indexer()
+    state, rows = ix.add_epoch(IndexState(), _epoch(10, 100))
+    (seg,) = state.segments
+    assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (1, 0, 10, 12, 3)
+    assert seg.rows == len(rows) == 3  # svc:a, name:x, name:y
+    label = label_for(trapdoor_for(KEY, "svc:a"), 1)
+    found = [r for r in rows if r.label == label]
+    assert ix.codec.open(found[0]).blocks == (10,)
+    assert state.catalogue == {"a": frozenset({"x", "y"})}
+    again, rows2 = ix.add_epoch(state, _epoch(12, 200))
+    assert {r.label for r in rows}.isdisjoint({r.label for r in rows2})
+    assert again.next_segment == 3
+
+
+def test_fanout_segments_merge_into_one_under_a_new_id() -> None:
+    ix = _indexer(fanout=4)
+    state, all_rows = IndexState(), []
+    for i in range(4):
+        state, rows = ix.add_epoch(state, _epoch(2 * i, 100 + i))
+        all_rows += rows
+    plan = ix.plan(state, now_ns=200, live_from=0)
+    assert [s.id for s in plan.merge] == [1, 2, 3, 4] and not plan.retire
+    merged_state, merged = ix.apply(state, plan, all_rows)
+    (seg,) = merged_state.segments
+    assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (5, 1, 0, 8, 12)
+    by_label = {r.label: ix.codec.open(r) for r in merged}
+    assert by_label[label_for(trapdoor_for(KEY, "svc:a"), 5)].blocks == (0, 2, 4, 6)
+    assert not ix.plan(merged_state, now_ns=200, live_from=0)
+
+
+def test_a_row_deleted_from_storage_is_caught_by_the_merge() -> None:
+    ix = _indexer(fanout=2)
+    state, rows = ix.add_epoch(IndexState(), _epoch(0, 1))
+    state, more = ix.add_epoch(state, _epoch(2, 2))
+    plan = ix.plan(state, now_ns=10, live_from=0)
+    with pytest.raises(IntegrityError, match="missing from or were added"):
+        ix.apply(state, plan, (rows + more)[1:])
+
+
+def test_expired_and_overwritten_segments_are_retired() -> None:
+    ix = _indexer(retention_ns=100 * NS)
+    state, _ = ix.add_epoch(IndexState(), _epoch(0, 10 * NS))
+    state, _ = ix.add_epoch(state, _epoch(2, 500 * NS))
+    state, _ = ix.add_epoch(state, _epoch(4, 550 * NS))
+    plan = ix.plan(state, now_ns=560 * NS, live_from=0)
+    assert [s.id for s in plan.retire] == [1]
+    plan = ix.plan(state, now_ns=560 * NS, live_from=4)  # the ring overwrote blocks 0..3
+    assert [s.id for s in plan.retire] == [1, 2]
+    after, rows = ix.apply(state, plan, [])
+    assert [s.id for s in after.segments] == [3] and rows == []
+
+
+def test_the_sealed_index_state_round_trips_in_a_padded_size() -> None:
+    ix = _indexer()
+    state, _ = ix.add_epoch(IndexState(), _epoch(0, 5))
+    raw = encode_index(state)
+    assert len(raw) == 4096
+    assert decode_index(raw) == state
+    with pytest.raises(IntegrityError, match="unknown layout"):
+        decode_index(b"\xff" * 64)
