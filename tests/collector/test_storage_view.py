@@ -49,9 +49,15 @@ def test_rows_have_fixed_or_classed_sizes(node: Node) -> None:
     node.flush()
     with sqlite3.connect(data / "otrace.sqlite") as conn:
         blob_sizes = {n for (n,) in conn.execute("SELECT DISTINCT length(blob) FROM oram_spans")}
-        aux = [n for (n,) in conn.execute("SELECT length(blob) FROM oram_aux")]
+        aux = dict(conn.execute("SELECT name, length(blob) FROM oram_aux"))
+        edb_sizes = {n for (n,) in conn.execute("SELECT DISTINCT length(value) FROM edb_spans")}
     assert len(blob_sizes) == 1
-    assert len(aux) == 1
+    assert set(aux) == {"ingest", "index"}
+    # The sealed index state is padded to a power of two of at least 4 KiB; EDB values
+    # (nonce + tag around a padded plaintext) to powers of two of at least 64 bytes.
+    sealed_overhead = aux["index"] - 4096
+    assert 0 < sealed_overhead < 100
+    assert edb_sizes and all(((s - 28) & (s - 29)) == 0 and s - 28 >= 64 for s in edb_sizes)
 
 
 def test_an_older_ingest_state_put_back_is_refused(tmp_path: Path) -> None:
@@ -69,13 +75,13 @@ def test_an_older_ingest_state_put_back_is_refused(tmp_path: Path) -> None:
         grpc_export(node.grpc.port, request(2).SerializeToString())
         node.flush()
         with sqlite3.connect(db) as conn:
-            (old,) = conn.execute("SELECT blob FROM oram_aux").fetchone()
+            (old,) = conn.execute("SELECT blob FROM oram_aux WHERE name = 'ingest'").fetchone()
         grpc_export(node.grpc.port, request(2).SerializeToString())
         node.flush()
     finally:
         node.stop()
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE oram_aux SET blob = ?", (old,))
+        conn.execute("UPDATE oram_aux SET blob = ? WHERE name = 'ingest'", (old,))
     again = Node(settings)
     with pytest.raises(IntegrityError, match="sealed ingest state does not belong"):
         again.start()
@@ -87,6 +93,7 @@ def test_missing_journal_entries_stop_the_epoch_with_a_clear_error(tmp_path: Pat
     from collector._journal import Journal
     from oram_store import OramParams, PathOram, SqlBucketStore
     from otrace.errors import IntegrityError
+    from query import EdbCodec, Indexer
     from tee import Sealer
 
     sealer = Sealer.from_key(bytes(32))
@@ -99,7 +106,8 @@ def test_missing_journal_entries_stop_the_epoch_with_a_clear_error(tmp_path: Pat
         cache_levels=2,
     )
     journal = Journal.sqlite(str(tmp_path / "j.sqlite"), bytes(range(32)))
-    engine = IngestEngine(oram, journal, sealer)
+    indexer = Indexer(bytes(32), EdbCodec(bytes(range(32))))
+    engine = IngestEngine(oram, journal, sealer, indexer=indexer)
     try:
         engine.ingest([("application/x-protobuf", request(40).SerializeToString())] * 3)
         with sqlite3.connect(tmp_path / "j.sqlite") as conn:
