@@ -358,14 +358,16 @@ class ElectionStore:
         if row is None or row[0] is None:
             raise ElectionError(f"term {term} has no published shuffle")
         published = PublishedShuffle.from_bytes(bytes(row[0]))
-        replicas = dict(
-            conn.execute(sa.select(_T["replicas"].c.name, _T["replicas"].c.public_key)).tuples()
-        )
+        table = _T["replicas"]
+        replicas = {
+            name: bytes(key)
+            for name, key in conn.execute(sa.select(table.c.name, table.c.public_key))
+        }
         submissions = _submissions(conn, term)
         for sub in submissions:
             if sub.replica not in replicas:
                 raise ElectionError(f"term {term} holds a tracker of unregistered {sub.replica!r}")
-            verify_submission(sub, bytes(replicas[sub.replica]), term)
+            verify_submission(sub, replicas[sub.replica], term)
         inputs = tuple(sub.tracker for sub in submissions)
         verify_shuffle(published, term=term, inputs=inputs, verifier=self._verifier)
         return published.draw(_seed(conn, term))

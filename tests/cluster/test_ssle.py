@@ -48,6 +48,11 @@ def _term(
     return published, published.draw(seed)
 
 
+def _trackers(keys: list[ReplicaKey], term: int, *, seed: int) -> tuple[Tracker, ...]:
+    rng = seeded(seed)  # one source for all: every tracker gets its own r
+    return tuple(key.tracker_for(term, rng=rng).tracker for key in keys)
+
+
 def _owner(keys: list[ReplicaKey], draw: Draw) -> ReplicaKey:
     owners = [key for key in keys if key.recognises(draw.tracker)]
     assert len(owners) == 1, f"term {draw.term}: {len(owners)} replicas recognise the slot"
@@ -189,7 +194,7 @@ def test_shuffle_of_other_inputs_or_term_is_refused(
     keys: list[ReplicaKey], verifier: Verifier, round_one: tuple[PublishedShuffle, Draw, ReplicaKey]
 ) -> None:
     published, _, _ = round_one
-    registered = tuple(key.tracker_for(1, rng=seeded(5)).tracker for key in keys)
+    registered = _trackers(keys, 1, seed=5)
     with pytest.raises(ElectionError, match="input list is not the 5 trackers"):
         verify_shuffle(published, term=1, inputs=registered, verifier=verifier)
     with pytest.raises(ElectionError, match="is for term 1, not term 2"):
@@ -276,7 +281,7 @@ def test_deterministic_twins_repeat_exactly(
 ) -> None:
     a = keys[0].tracker_with(1, bytes([3]) + bytes(31), bytes(64))
     assert a == keys[0].tracker_with(1, bytes([3]) + bytes(31), bytes(64))
-    inputs = tuple(key.tracker_for(1, rng=seeded(6)).tracker for key in keys)
+    inputs = _trackers(keys, 1, seed=6)
     runs = [
         Shuffler(platform, shuffler_identity, rng=seeded(11)).shuffle(1, inputs) for _ in range(2)
     ]
@@ -316,7 +321,7 @@ def test_shuffler_runs_behind_the_enclave_boundary(
             min_security_version=SECURITY_VERSION,
             allow_simulated=True,
         )
-        inputs = tuple(key.tracker_for(1, rng=seeded(12)).tracker for key in keys)
+        inputs = _trackers(keys, 1, seed=12)
         init = encode_canonical({"platform_dir": str(platform_dir)})
         with Enclave("tee.ssle:shuffler_ecalls", init) as enclave:
             raw = enclave.call("shuffle", encode_canonical([1, [t.to_bytes() for t in inputs]]))
