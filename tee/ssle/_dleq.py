@@ -65,21 +65,38 @@ class DleqProof:
 
 
 def prove(
-    secret: bytes, h: bytes, *, label: bytes, context: object, rng: RandomSource
+    secret: bytes,
+    statement: tuple[bytes, bytes, bytes],
+    *,
+    label: bytes,
+    context: object,
+    rng: RandomSource,
 ) -> DleqProof:
-    """Prove log_G(secret*G) == log_H(secret*H), bound to `label` and `context`."""
-    return prove_with_randomness(secret, h, label=label, context=context, randomness=rng(64))
+    """Prove log_G(X) == log_H(Y) for `statement` = (X, H, Y) = (x*G, H, x*H), x = `secret`.
+
+    The caller passes X and Y it already holds (a public key, a tracker's S)
+    instead of having them recomputed; a wrong statement gives a proof that
+    does not verify.
+    """
+    return prove_with_randomness(
+        secret, statement, label=label, context=context, randomness=rng(64)
+    )
 
 
 def prove_with_randomness(
-    secret: bytes, h: bytes, *, label: bytes, context: object, randomness: bytes
+    secret: bytes,
+    statement: tuple[bytes, bytes, bytes],
+    *,
+    label: bytes,
+    context: object,
+    randomness: bytes,
 ) -> DleqProof:
     """Deterministic twin of `prove`: the 64 bytes of nonce randomness are given."""
     if len(randomness) != 64:
         raise ValueError("a DLEQ proof takes 64 bytes of randomness")
-    x_point, y_point = base_mul(secret), mul(secret, h)
-    statement = encode_canonical([context, x_point, h, y_point])
-    w = scalar_from_wide(hashlib.sha512(_NONCE_LABEL + secret + randomness + statement).digest())
+    x_point, h, y_point = statement
+    encoded = encode_canonical([context, x_point, h, y_point])
+    w = scalar_from_wide(hashlib.sha512(_NONCE_LABEL + secret + randomness + encoded).digest())
     a, b = base_mul(w), mul(w, h)
     c = _challenge(label, context, x_point, h, y_point, a, b)
     z = scalar_add(w, scalar_mul(c, secret))

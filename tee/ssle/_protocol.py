@@ -175,7 +175,7 @@ class ReplicaKey:
         tracker = Tracker(big_r, mul(self.secret, big_r))
         proof = _dleq.prove_with_randomness(
             self.secret,
-            big_r,
+            (self.public_key, big_r, tracker.s),
             label=TRACKER_LABEL,
             context=_tracker_context(term, self.name),
             randomness=randomness,
@@ -200,7 +200,7 @@ class ReplicaKey:
         """The claim proof without the ownership check (tests use it to forge claims)."""
         proof = _dleq.prove_with_randomness(
             self.secret,
-            draw.tracker.r,
+            (self.public_key, draw.tracker.r, draw.tracker.s),
             label=CLAIM_LABEL,
             context=_claim_context(draw.term, draw.beacon, draw.slot, self.name),
             randomness=randomness,
