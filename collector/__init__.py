@@ -1,8 +1,19 @@
 """OTLP receivers, the ingest pipeline and the node that runs them (see docs/ARCHITECTURE.md)."""
 
+from collector._election import ElectionStore, LeaseState, check_fence
 from collector._group_commit import GroupCommitter, Overloaded
 from collector._grpc_receiver import GrpcReceiver, TlsFiles
 from collector._http_receiver import HttpReceiver
 from collector._node import Node
 
-__all__ = ["GroupCommitter", "GrpcReceiver", "HttpReceiver", "Node", "Overloaded", "TlsFiles"]
+__all__ = [
+    "ElectionStore",
+    "GroupCommitter",
+    "GrpcReceiver",
+    "HttpReceiver",
+    "LeaseState",
+    "Node",
+    "Overloaded",
+    "TlsFiles",
+    "check_fence",
+]

@@ -18,6 +18,8 @@ into a readable message.
     ├── UnavailableError       a service otrace talks to (KMS, enclave process) is unreachable
     │                          or died
     ├── FencingError           a writer's term is stale (split-brain guard)
+    ├── ElectionError          a leader-election message (registration, tracker, shuffle,
+    │                          claim) was refused
     └── ChainViolation         a FaaS chain message broke the signed chain order
 
 Messages never contain secret material. Crypto failures stay opaque: they say
@@ -33,6 +35,7 @@ __all__ = [
     "ChainViolation",
     "ChannelError",
     "ConfigError",
+    "ElectionError",
     "FencingError",
     "IntegrityError",
     "InvalidRequest",
@@ -99,6 +102,10 @@ class UnavailableError(OTraceError):
 
 class FencingError(OTraceError):
     """A commit carried a stale term: another writer has taken over."""
+
+
+class ElectionError(OTraceError):
+    """A leader-election message was refused: forged, replayed, tampered or out of turn."""
 
 
 class ChainViolation(OTraceError):

@@ -151,6 +151,24 @@ class Verifier:
         self._check_identity(quote.identity)
         return VerifiedEnclave(quote.identity, public_key, quote_bytes, nonce)
 
+    def verify_report(self, quote_bytes: bytes, report_data: bytes) -> EnclaveIdentity:
+        """Check a quote over a public statement rather than a key exchange.
+
+        Checks 1-3, 6 and 7 of the module docstring, then that the report data is
+        exactly `report_data`. No nonce: freshness must come from what the report
+        data binds (the SSLE shuffle binds its term). Raises `AttestationError`.
+        """
+        quote = Quote.from_bytes(quote_bytes)
+        self._check_signature(quote)
+        if quote.identity.simulated and not self._allow_simulated:
+            raise AttestationError(
+                "quote comes from a simulated enclave and this verifier does not allow simulation"
+            )
+        if not hmac.compare_digest(quote.report_data, report_data):
+            raise AttestationError("quote report data does not bind this statement")
+        self._check_identity(quote.identity)
+        return quote.identity
+
     def _check_signature(self, quote: Quote) -> None:
         body = quote.signed_body
         for key in self._platform_keys:
