@@ -88,6 +88,12 @@ class ProducerCa:
         """The CA certificate the collector trusts for client certificates."""
         return self._certificate.public_bytes(Encoding.PEM)
 
+    @staticmethod
+    def certificate_file(platform: Platform) -> Path:
+        """The CA certificate's file in `platform`'s directory (created on first use)."""
+        load_or_create_certificate(platform)
+        return platform.directory / CERTIFICATE_FILE
+
     def challenge(self) -> bytes:
         """A fresh single-use nonce for the next `issue`."""
         return self._nonces.issue()
