@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -55,6 +55,8 @@ class ChainManifest:
     gateway: bytes
     not_after_ms: int
     request_ttl_ms: int = 60_000
+    _digest: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _hop_secrets: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         check_function_name(self.chain_id)
@@ -66,6 +68,13 @@ class ChainManifest:
             raise ConfigError("the gateway measurement is a 32-byte digest")
         if self.request_ttl_ms <= 0 or self.not_after_ms <= 0:
             raise ConfigError("request_ttl_ms and not_after_ms must be positive")
+        # Hot on every hop: computed once (the manifest is immutable).
+        object.__setattr__(self, "_digest", hashlib.sha256(self.to_bytes()).digest())
+        names = tuple(
+            hop_secret_name(self.chain_id, step, self.receiver(step).measurement)
+            for step in range(self.length + 1)
+        )
+        object.__setattr__(self, "_hop_secrets", names)
 
     def to_bytes(self) -> bytes:
         return encode_canonical(
@@ -104,7 +113,7 @@ class ChainManifest:
     @property
     def digest(self) -> bytes:
         """The manifest hash every hop's metadata names."""
-        return hashlib.sha256(self.to_bytes()).digest()
+        return self._digest
 
     @property
     def length(self) -> int:
@@ -124,7 +133,9 @@ class ChainManifest:
 
     def hop_secret(self, step: int) -> str:
         """The KMS name of hop `step`'s secret (bound to the receiver's measurement)."""
-        return hop_secret_name(self.chain_id, step, self.receiver(step).measurement)
+        if not 0 <= step < len(self._hop_secrets):
+            raise ChainViolation(f"step {step} is outside chain {self.chain_id!r}")
+        return self._hop_secrets[step]
 
     def hops_of(self, measurement: bytes) -> set[int]:
         """The hops a function (or, with the gateway measurement, the gateway) uses."""

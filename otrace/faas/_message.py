@@ -6,11 +6,11 @@ Wire form (canonical CBOR map):
                    expires_at_ms}                          -- all the controller reads
     manifest      the owner-signed manifest (public)
     previous_tag  the GCM tag of the hop this one answers (empty for hop 0)
-    key_id(16)    HKDF(hop secret, salt=request_id, "hop-key-id"): a key commitment
+    key_id(16)    the last 16 bytes of the hop-key HKDF output: a key commitment
     nonce(12), ciphertext
 
-Hop key = HKDF-SHA256(hop secret, salt = request_id, info
-`otrace/faas/v1/hop-key`), where the KMS derived the hop secret as
+Hop key || key_id = HKDF-SHA256(hop secret, salt = request_id, info
+`otrace/faas/v1/hop-key`, 48 bytes), where the KMS derived the hop secret as
 HKDF(K_chain, `otrace/tee/v1/chain-hop/` + step + receiver measurement): the key
 depends on K_chain, request id, step and H(function). Associated data =
 `otrace/faas/v1/hop\\0` + canonical CBOR [metadata, previous_tag]. The payload
@@ -39,6 +39,7 @@ __all__ = ["ChainMessage", "HopKey", "HopMetadata", "associated_data", "peek_met
 REQUEST_ID_SIZE = 16
 TAG_SIZE = 16
 _AD_LABEL = b"otrace/faas/v1/hop\x00"
+_HOP_KEY_INFO = b"otrace/faas/v1/hop-key"
 _META_KEYS = frozenset(
     {"request_id", "chain_id", "step", "next_function", "manifest_hash", "expires_at_ms"}
 )
@@ -143,8 +144,12 @@ class HopKey:
     __slots__ = ("_aead", "key_id")
 
     def __init__(self, hop_secret: bytes, request_id: bytes) -> None:
-        self._aead = AESGCM(_hkdf(hop_secret, request_id, b"hop-key", 32))
-        self.key_id = _hkdf(hop_secret, request_id, b"hop-key-id", 16)
+        # One HKDF output split in two: the AES key and the key id (a commitment to it).
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=48, salt=request_id, info=_HOP_KEY_INFO
+        ).derive(hop_secret)
+        self._aead = AESGCM(okm[:32])
+        self.key_id = okm[32:]
 
     def __repr__(self) -> str:
         return "HopKey(...)"
@@ -185,8 +190,3 @@ class HopKey:
             return decode_canonical(plaintext)
         except ValueError:
             raise ChainViolation(f"{where} holds a malformed payload") from None
-
-
-def _hkdf(secret: bytes, request_id: bytes, label: bytes, length: int) -> bytes:
-    info = b"otrace/faas/v1/" + label
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=request_id, info=info).derive(secret)

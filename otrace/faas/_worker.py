@@ -34,6 +34,7 @@ from tee._encoding import decode_canonical, encode_canonical
 __all__ = ["FunctionHost", "HopSecrets", "check_fresh", "check_place", "open_payload"]
 
 Clock = Callable[[], float]
+_MAX_MANIFESTS = 64
 Rng = Callable[[int], bytes]
 
 
@@ -132,16 +133,25 @@ class FunctionHost:
         return key.seal(out_meta, message.manifest, message.tag, payload, self._rng(12)).to_bytes()
 
     def _manifest(self, message: ChainMessage) -> ChainManifest:
-        signed = SignedManifest.from_bytes(message.manifest)
-        if not hmac.compare_digest(signed.digest, message.metadata.manifest_hash):
+        # Keyed by the signed bytes: a manifest is parsed and verified once per host.
+        manifest = self._manifests.get(message.manifest)
+        if manifest is None:
+            signed = SignedManifest.from_bytes(message.manifest)
+            self._check_named(signed.digest, message.metadata)
+            manifest = signed.verified(self._owners)
+            if len(self._manifests) >= _MAX_MANIFESTS:
+                self._manifests.clear()
+            self._manifests[message.manifest] = manifest
+        self._check_named(manifest.digest, message.metadata)
+        return manifest
+
+    @staticmethod
+    def _check_named(digest: bytes, meta: HopMetadata) -> None:
+        if not hmac.compare_digest(digest, meta.manifest_hash):
             raise ChainViolation(
-                f"manifest swap: the message carries manifest {signed.digest.hex()[:16]} but "
-                f"its metadata names {message.metadata.manifest_hash.hex()[:16]}"
+                f"manifest swap: the message carries manifest {digest.hex()[:16]} but "
+                f"its metadata names {meta.manifest_hash.hex()[:16]}"
             )
-        cached = self._manifests.get(signed.digest)
-        if cached is None:
-            cached = self._manifests[signed.digest] = signed.verified(self._owners)
-        return cached
 
     def _run(self, meta: HopMetadata, args: Any, carrier: object) -> tuple[Any, dict[str, str]]:
         parent = extract_context(carrier)

@@ -26,6 +26,4 @@ def test_flag_needs_tls_and_owns_the_client_ca() -> None:
     with pytest.raises(ConfigError, match="needs tls_cert"):
         Settings(require_attested_producers=True)
     with pytest.raises(ConfigError, match="do not set tls_client_ca"):
-        Settings(
-            require_attested_producers=True, tls_cert="c", tls_key="k", tls_client_ca="ca.pem"
-        )
+        Settings(require_attested_producers=True, tls_cert="c", tls_key="k", tls_client_ca="ca.pem")
