@@ -12,6 +12,7 @@ signed with an owner key kept in the platform directory. A cluster uses
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import ssl
@@ -37,6 +38,7 @@ from tee import (
     KmsServer,
     Platform,
     PolicyRule,
+    ProducerCa,
     load_or_create_owner_key,
     measure_code,
     serve_kms,
@@ -76,7 +78,7 @@ class Node:
             raise
 
     def _start(self) -> None:
-        s = self.settings
+        s = _with_producer_ca(self.settings)
         # Read and check the TLS files before anything starts, so a bad file
         # fails fast with its own message and leaves nothing running.
         tls, ssl_context = _tls(s), _ssl_context(s)
@@ -221,6 +223,15 @@ def _embedded_kms(platform: Platform, platform_dir: Path) -> Kms:
     kms.set_policy(sign_policy(policy, owner))
     log.info("embedded KMS now releases node secrets to measurement %s", measurement.hex()[:16])
     return kms
+
+
+def _with_producer_ca(s: Settings) -> Settings:
+    """With require_attested_producers, the platform's producer CA is the client CA."""
+    if not s.require_attested_producers:
+        return s
+    path = ProducerCa.certificate_file(Platform.open(s.platform_dir))
+    # The flag is now spelled out as the client CA (Settings refuses both at once).
+    return dataclasses.replace(s, tls_client_ca=str(path), require_attested_producers=False)
 
 
 def _tls(s: Settings) -> TlsFiles | None:

@@ -12,6 +12,7 @@ import click
 
 from otrace import __version__
 from otrace.bench._cli import bench
+from otrace.cli_faas import faas
 from otrace.cli_query import operations, search, services, trace
 from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
@@ -37,6 +38,7 @@ cli.add_command(operations)
 cli.add_command(attest)
 cli.add_command(kms)
 cli.add_command(bench)
+cli.add_command(faas)
 
 
 def main() -> None:

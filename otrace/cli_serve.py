@@ -58,6 +58,13 @@ __all__ = ["serve"]
 @click.option("--tls-key", help="PEM private key for --tls-cert.")
 @click.option("--tls-client-ca", help="PEM CA: require client certificates (mTLS).")
 @click.option(
+    "--require-attested-producers",
+    is_flag=True,
+    default=None,
+    help="Accept spans only from attested producers: require mTLS client certificates "
+    "issued by this platform's producer CA (needs --tls-cert/--tls-key). [off]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),

@@ -49,6 +49,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # mTLS with the platform's producer CA (tee.ProducerCa): only attested producers export.
+    require_attested_producers: bool = False
 
     def __post_init__(self) -> None:
         if self.storage not in {"oram", "encrypted"}:
@@ -57,6 +59,13 @@ class Settings:
             raise ConfigError("TLS needs both a certificate (tls_cert) and a key (tls_key)")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("mTLS (tls_client_ca) needs tls_cert and tls_key as well")
+        if self.require_attested_producers and not self.tls_cert:
+            raise ConfigError("require_attested_producers needs tls_cert and tls_key (mTLS)")
+        if self.require_attested_producers and self.tls_client_ca:
+            raise ConfigError(
+                "require_attested_producers uses the producer CA as client CA; "
+                "do not set tls_client_ca as well"
+            )
         for name in (
             "max_request_bytes",
             "epoch_ms",
@@ -117,6 +126,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}.get(name)
     if kind is None:
         raise ConfigError(f"unknown setting {name!r}")
+    if kind == "bool":
+        return _parse_bool(name, value)
     if kind == "Path":
         return Path(os.path.expanduser(str(value)))
     if kind == "int":
@@ -131,6 +142,17 @@ def _coerce(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"setting {name} must be a whole number, not {value!r}") from None
     return str(value)
+
+
+def _parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"setting {name} must be true or false, not {value!r}")
 
 
 def parse_duration(text: str) -> float:

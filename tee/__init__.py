@@ -1,5 +1,6 @@
 """Emulated enclave: platform, measurement, sealing, quotes, verification, attested
-channel, KMS, monotonic counters and the ecall boundary.
+channel, KMS (with derived FaaS hop secrets), the producer CA, monotonic counters
+and the ecall boundary.
 
 There is no hardware isolation here (see SECURITY.md): the interfaces and the
 protocol are those of a real TEE, so the rest of otrace is written against them.
@@ -32,14 +33,17 @@ from tee._policy import (
     KmsPolicy,
     PolicyRule,
     SignedPolicy,
+    hop_secret_name,
     load_or_create_owner_key,
     sign_policy,
 )
+from tee._producer_ca import MEASUREMENT_URI, ProducerCa, producer_key_digest
 from tee._quote import Quote, report_data_for
 from tee._sealing import Sealer, SealPolicy, StateSealer
 from tee._verifier import NonceRegistry, VerifiedEnclave, Verifier
 
 __all__ = [
+    "MEASUREMENT_URI",
     "SECURITY_VERSION",
     "TRUSTED_PACKAGES",
     "AttestedChannel",
@@ -62,6 +66,7 @@ __all__ = [
     "NonceRegistry",
     "Platform",
     "PolicyRule",
+    "ProducerCa",
     "Quote",
     "ReleaseRequest",
     "ReleaseResponse",
@@ -73,9 +78,11 @@ __all__ = [
     "Verifier",
     "accept_enclave",
     "error_from_rpc",
+    "hop_secret_name",
     "load_or_create_owner_key",
     "measure_code",
     "open_channel",
+    "producer_key_digest",
     "read_private_file",
     "report_data_for",
     "serve_kms",

@@ -12,6 +12,11 @@ of an attested channel whose keys also bind the requested names. Nothing is
 released to an enclave that did not attest, nor any name its policy omits.
 Refusals raise and change nothing, so the KMS keeps serving.
 
+A derived hop secret `chain/<name>/hop/<step>/<measurement hex>` is never
+stored: the KMS computes it on release as HKDF(secret of `chain/<name>`,
+`chain-hop/` + step (u32) + measurement), so a FaaS function whose rule lists
+only its own hops never sees the chain secret nor another step's key.
+
 State (policy, owner signature, secrets, a generation number) is one file in
 the KMS state directory, sealed to the KMS's own signer identity on its
 platform; the generation is mirrored in a platform monotonic counter so a
@@ -37,12 +42,19 @@ from tee._counter import MonotonicCounter
 from tee._encoding import decode_canonical, encode_canonical, expect_bytes, expect_int, expect_map
 from tee._files import ensure_private_dir, read_private_file, write_private_file
 from tee._identity import EnclaveIdentity
-from tee._platform import Platform
-from tee._policy import SignedPolicy, check_secret_name
+from tee._platform import Platform, derive_key
+from tee._policy import SignedPolicy, base_secret_name, check_secret_name
 from tee._sealing import Sealer, SealPolicy
 from tee._verifier import NonceRegistry
 
-__all__ = ["Kms", "ReleaseRequest", "ReleaseResponse", "names_context", "release_transcript"]
+__all__ = [
+    "Kms",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "derive_hop_secret",
+    "names_context",
+    "release_transcript",
+]
 
 _STATE_FILE = "kms.state"
 _STATE_CONTEXT = b"otrace/tee/v1/kms-state"
@@ -167,7 +179,7 @@ class Kms:
         own_public, channel = accept_enclave(
             verified.public_key, verified.quote, verified.nonce, names_context(names), key=key
         )
-        payload = encode_canonical({name: secrets[name] for name in names})
+        payload = encode_canonical({name: _released(name, secrets) for name in names})
         signature = self._signing_key.sign(release_transcript(request, own_public))
         return ReleaseResponse(own_public, channel.seal(payload), signature)
 
@@ -193,6 +205,19 @@ class Kms:
         }
         write_private_file(self._path, self._sealer.seal(encode_canonical(state), _STATE_CONTEXT))
         self._counter.advance(generation)
+
+
+def derive_hop_secret(chain_secret: bytes, step: int, measurement: bytes) -> bytes:
+    """The secret of hop `step` into the function with `measurement`, from the chain secret."""
+    label = b"chain-hop/" + step.to_bytes(4, "big") + measurement
+    return derive_key(chain_secret, label)
+
+
+def _released(name: str, secrets: dict[str, bytes]) -> bytes:
+    base, hop = base_secret_name(name)
+    if hop is None:
+        return secrets[name]
+    return derive_hop_secret(secrets[base], *hop)
 
 
 def _check_predecessor(named: bytes | None, current: bytes | None) -> None:

@@ -5,7 +5,9 @@ update names its predecessor's hash, so two administrators editing the same
 version cannot silently overwrite each other (the second update is refused),
 and is signed by an owner key listed in the policy it replaces (the first
 policy is signed by one of its own owners). Secret names are `oram_key`,
-`index_key`, `state_key` and `chain/<name>`.
+`index_key`, `state_key`, `chain/<name>` and the derived hop secrets
+`chain/<name>/hop/<step>/<measurement hex>` (see `tee._kms`): a rule that lists
+a hop secret releases only that one step's key, never the chain key itself.
 """
 
 from __future__ import annotations
@@ -32,12 +34,18 @@ __all__ = [
     "KmsPolicy",
     "PolicyRule",
     "SignedPolicy",
+    "base_secret_name",
     "check_secret_name",
+    "hop_secret_name",
     "load_or_create_owner_key",
     "sign_policy",
 ]
 
-_SECRET_NAME = re.compile(r"oram_key|index_key|state_key|chain/[a-z0-9][a-z0-9._-]{0,62}")
+_CHAIN = r"chain/[a-z0-9][a-z0-9._-]{0,62}"
+_SECRET_NAME = re.compile(
+    rf"oram_key|index_key|state_key|{_CHAIN}|{_CHAIN}/hop/(?:0|[1-9][0-9]{{0,3}})/[0-9a-f]{{64}}"
+)
+_HOP_SUFFIX = re.compile(r"/hop/(0|[1-9][0-9]*)/([0-9a-f]{64})\Z")
 _SIGNATURE_LABEL = b"otrace/tee/v1/kms-policy\x00"
 _RULE_KEYS = frozenset({"measurement", "signer", "min_security_version", "secrets"})
 _POLICY_KEYS = frozenset(
@@ -50,9 +58,25 @@ def check_secret_name(name: str) -> str:
     """`name` if it is a valid secret name, else `PolicyError`."""
     if not isinstance(name, str) or not _SECRET_NAME.fullmatch(name):
         raise PolicyError(
-            f"{name!r} is not a secret name (oram_key, index_key, state_key or chain/<name>)"
+            f"{name!r} is not a secret name (oram_key, index_key, state_key, chain/<name> "
+            "or chain/<name>/hop/<step>/<measurement hex>)"
         )
     return name
+
+
+def hop_secret_name(chain: str, step: int, measurement: bytes) -> str:
+    """The derived secret of hop `step` into the function with `measurement` of `chain`."""
+    if len(measurement) != 32:
+        raise PolicyError("a hop secret names a 32-byte measurement")
+    return check_secret_name(f"chain/{chain}/hop/{step}/{measurement.hex()}")
+
+
+def base_secret_name(name: str) -> tuple[str, tuple[int, bytes] | None]:
+    """(stored secret name, (step, measurement) for a derived hop secret or None)."""
+    hop = _HOP_SUFFIX.search(check_secret_name(name))
+    if hop is None:
+        return name, None
+    return name[: hop.start()], (int(hop.group(1)), bytes.fromhex(hop.group(2)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +196,8 @@ class KmsPolicy:
         return hashlib.sha256(self.to_bytes()).digest()
 
     def secret_names(self) -> frozenset[str]:
-        return frozenset(name for rule in self.rules for name in rule.secrets)
+        """The stored secrets this policy needs (a hop secret needs its chain's secret)."""
+        return frozenset(base_secret_name(name)[0] for rule in self.rules for name in rule.secrets)
 
     def verifier(self, nonces: NonceRegistry) -> Verifier:
         """A verifier admitting exactly the enclaves some rule names."""

@@ -77,10 +77,12 @@ run to run by 10-30% on a shared disk: compare ratios from one run.
 
 def _register() -> None:
     from otrace.bench._cli_election import election_command
+    from otrace.bench._cli_faas import faas_command
     from otrace.bench._cli_ingest import ingest_command
 
     bench.add_command(ingest_command)
     bench.add_command(election_command)
+    bench.add_command(faas_command)
 
 
 _register()

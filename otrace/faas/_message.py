@@ -1,0 +1,192 @@
+"""Chain messages: plaintext routing metadata and an AES-GCM payload under a per-hop key.
+
+Wire form (canonical CBOR map):
+
+    metadata      {request_id(16), chain_id, step, next_function, manifest_hash(32),
+                   expires_at_ms}                          -- all the controller reads
+    manifest      the owner-signed manifest (public)
+    previous_tag  the GCM tag of the hop this one answers (empty for hop 0)
+    key_id(16)    the last 16 bytes of the hop-key HKDF output: a key commitment
+    nonce(12), ciphertext
+
+Hop key || key_id = HKDF-SHA256(hop secret, salt = request_id, info
+`otrace/faas/v1/hop-key`, 48 bytes), where the KMS derived the hop secret as
+HKDF(K_chain, `otrace/tee/v1/chain-hop/` + step + receiver measurement): the key
+depends on K_chain, request id, step and H(function). Associated data =
+`otrace/faas/v1/hop\\0` + canonical CBOR [metadata, previous_tag]. The payload
+is canonical CBOR `{args, carrier}`, the carrier holding `traceparent`,
+`tracestate` and `baggage`, so the trace context is as secret as the arguments.
+`key_id` lets the receiver tell a message sealed for another request, step or
+function (spliced or relabelled) from one whose bytes were altered.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from otrace.errors import ChainViolation
+from tee._encoding import decode_canonical, encode_canonical, expect_bytes, expect_int, expect_map
+
+__all__ = ["ChainMessage", "HopKey", "HopMetadata", "associated_data", "peek_metadata"]
+
+REQUEST_ID_SIZE = 16
+TAG_SIZE = 16
+_AD_LABEL = b"otrace/faas/v1/hop\x00"
+_HOP_KEY_INFO = b"otrace/faas/v1/hop-key"
+_META_KEYS = frozenset(
+    {"request_id", "chain_id", "step", "next_function", "manifest_hash", "expires_at_ms"}
+)
+_MESSAGE_KEYS = frozenset({"metadata", "manifest", "previous_tag", "key_id", "nonce", "ciphertext"})
+
+
+@dataclass(frozen=True, slots=True)
+class HopMetadata:
+    """The plaintext the untrusted controller routes by (authenticated, not secret)."""
+
+    request_id: bytes
+    chain_id: str
+    step: int
+    next_function: str
+    manifest_hash: bytes
+    expires_at_ms: int
+
+    def to_map(self) -> dict[str, object]:
+        return {
+            "request_id": self.request_id,
+            "chain_id": self.chain_id,
+            "step": self.step,
+            "next_function": self.next_function,
+            "manifest_hash": self.manifest_hash,
+            "expires_at_ms": self.expires_at_ms,
+        }
+
+    @classmethod
+    def from_map(cls, value: object) -> HopMetadata:
+        fields = expect_map(value, _META_KEYS)
+        if not isinstance(fields["chain_id"], str) or not isinstance(fields["next_function"], str):
+            raise ValueError("chain_id and next_function are strings")
+        return cls(
+            request_id=expect_bytes(fields["request_id"], "request_id", REQUEST_ID_SIZE),
+            chain_id=fields["chain_id"],
+            step=expect_int(fields["step"], "step"),
+            next_function=fields["next_function"],
+            manifest_hash=expect_bytes(fields["manifest_hash"], "manifest_hash", 32),
+            expires_at_ms=expect_int(fields["expires_at_ms"], "expires_at_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainMessage:
+    """One hop on the wire. `from_bytes` checks shape only; `HopKey.open` authenticates."""
+
+    metadata: HopMetadata
+    manifest: bytes
+    previous_tag: bytes
+    key_id: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+    @property
+    def tag(self) -> bytes:
+        return self.ciphertext[-TAG_SIZE:]
+
+    def to_bytes(self) -> bytes:
+        return encode_canonical(
+            {
+                "metadata": self.metadata.to_map(),
+                "manifest": self.manifest,
+                "previous_tag": self.previous_tag,
+                "key_id": self.key_id,
+                "nonce": self.nonce,
+                "ciphertext": self.ciphertext,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChainMessage:
+        try:
+            fields = expect_map(decode_canonical(data), _MESSAGE_KEYS)
+            previous = expect_bytes(fields["previous_tag"], "previous_tag")
+            if len(previous) not in (0, TAG_SIZE):
+                raise ValueError("previous_tag is empty or one GCM tag")
+            ciphertext = expect_bytes(fields["ciphertext"], "ciphertext")
+            return cls(
+                metadata=HopMetadata.from_map(fields["metadata"]),
+                manifest=expect_bytes(fields["manifest"], "manifest"),
+                previous_tag=previous,
+                key_id=expect_bytes(fields["key_id"], "key_id", 16),
+                nonce=expect_bytes(fields["nonce"], "nonce", 12),
+                ciphertext=ciphertext,
+            )
+        except ValueError as exc:
+            raise ChainViolation(f"malformed chain message: {exc}") from None
+
+
+def peek_metadata(data: bytes) -> HopMetadata:
+    """The controller's view of a message: its routing metadata, unauthenticated."""
+    return ChainMessage.from_bytes(data).metadata
+
+
+def associated_data(metadata: HopMetadata, previous_tag: bytes) -> bytes:
+    return _AD_LABEL + encode_canonical([metadata.to_map(), previous_tag])
+
+
+class HopKey:
+    """The AES-256-GCM key of one hop of one request. Never printed."""
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, hop_secret: bytes, request_id: bytes) -> None:
+        # One HKDF output split in two: the AES key and the key id (a commitment to it).
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=48, salt=request_id, info=_HOP_KEY_INFO
+        ).derive(hop_secret)
+        self._aead = AESGCM(okm[:32])
+        self.key_id = okm[32:]
+
+    def __repr__(self) -> str:
+        return "HopKey(...)"
+
+    def seal(
+        self,
+        metadata: HopMetadata,
+        manifest: bytes,
+        previous_tag: bytes,
+        payload: Any,
+        nonce: bytes,
+    ) -> ChainMessage:
+        """Encrypt `payload` (CBOR-encodable) for this hop with the given 12-byte nonce."""
+        plaintext = encode_canonical(payload)
+        ad = associated_data(metadata, previous_tag)
+        ciphertext = self._aead.encrypt(nonce, plaintext, ad)
+        return ChainMessage(metadata, manifest, previous_tag, self.key_id, nonce, ciphertext)
+
+    def open(self, message: ChainMessage) -> Any:
+        """Authenticate and decrypt; a splice or any altered byte raises `ChainViolation`."""
+        meta = message.metadata
+        where = f"hop {meta.step} of request {meta.request_id.hex()}"
+        if not hmac.compare_digest(message.key_id, self.key_id):
+            raise ChainViolation(
+                f"splice: {where} was not sealed for this request, step and function "
+                "(taken from another request, or relabelled)"
+            )
+        try:
+            plaintext = self._aead.decrypt(
+                message.nonce, message.ciphertext, associated_data(meta, message.previous_tag)
+            )
+        except InvalidTag:
+            raise ChainViolation(
+                f"tampered: {where} failed authentication (ciphertext, metadata or "
+                "previous tag altered)"
+            ) from None
+        try:
+            return decode_canonical(plaintext)
+        except ValueError:
+            raise ChainViolation(f"{where} holds a malformed payload") from None

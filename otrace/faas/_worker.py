@@ -1,0 +1,282 @@
+"""The function host: runs one chain function inside an (emulated) enclave.
+
+`FunctionHost.handle(message) -> next message` checks, before any function
+code runs and each with its own `ChainViolation` message: message shape, the
+manifest's owner signature, the manifest hash the metadata names (manifest
+swap), chain id, manifest and request expiry, a request issued before this
+host started (replay across restarts fails closed), routing name, this host's
+place at the step (wrong measurement, function swap, skip, reorder), replay
+of (request_id, step), then the hop key (splice) and AES-GCM (tampering).
+Only then is the pair recorded as seen and the function run.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import NoOpTracer, SpanKind, Tracer, TracerProvider
+
+from otrace.errors import ChainViolation
+from otrace.faas._function import ChainFunction, Invocation
+from otrace.faas._manifest import ChainManifest, SignedManifest
+from otrace.faas._message import ChainMessage, HopKey, HopMetadata
+from otrace.faas._replay import ReplayGuard
+from otrace.faas._tracing import baggage_of, extract_context, inject_context
+from tee import SECURITY_VERSION, EnclaveIdentity, KmsClient, Platform
+from tee._encoding import decode_canonical, encode_canonical
+
+__all__ = ["FunctionHost", "HopSecrets", "check_fresh", "check_place", "open_payload"]
+
+Clock = Callable[[], float]
+_MAX_MANIFESTS = 64
+Rng = Callable[[int], bytes]
+
+
+class HopSecrets:
+    """The hop secrets an enclave obtained from the KMS, per manifest (cold start once)."""
+
+    __slots__ = ("_identity", "_kms", "_lock", "_platform", "_secrets", "fetches")
+
+    def __init__(self, kms: KmsClient, platform: Platform, identity: EnclaveIdentity) -> None:
+        self._kms, self._platform, self._identity = kms, platform, identity
+        self._lock = threading.Lock()
+        self._secrets: dict[bytes, dict[str, bytes]] = {}
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        return f"HopSecrets(manifests={len(self._secrets)}, fetches={self.fetches})"
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        return self._identity
+
+    def for_manifest(self, manifest: ChainManifest) -> dict[str, bytes]:
+        """Attest and fetch this enclave's hop secrets for `manifest` (cached)."""
+        with self._lock:
+            cached = self._secrets.get(manifest.digest)
+            if cached is None:
+                hops = manifest.hops_of(self._identity.measurement)
+                names = [manifest.hop_secret(h) for h in sorted(hops)]
+                cached = self._kms.obtain_secrets(self._platform, self._identity, names)
+                self._secrets[manifest.digest] = cached
+                self.fetches += 1
+            return cached
+
+    def key(self, manifest: ChainManifest, step: int, request_id: bytes) -> HopKey:
+        return HopKey(self.for_manifest(manifest)[manifest.hop_secret(step)], request_id)
+
+
+class FunctionHost:
+    """One chain function with its keys, replay set and tracer. `handle` is the entry."""
+
+    def __init__(
+        self,
+        function: ChainFunction,
+        platform: Platform,
+        kms: KmsClient,
+        *,
+        owners: Collection[bytes],
+        tracer_provider: TracerProvider | None = None,
+        security_version: int = SECURITY_VERSION,
+        protect: bool = True,
+        clock: Clock = time.time,
+        rng: Rng = os.urandom,
+    ) -> None:
+        self.function = function
+        identity = platform.identity(function.measurement, security_version)
+        self.secrets = HopSecrets(kms, platform, identity)
+        self._owners = frozenset(owners)
+        self._tracer: Tracer = (
+            tracer_provider.get_tracer("otrace.faas") if tracer_provider else NoOpTracer()
+        )
+        self._protect = protect
+        self._clock, self._rng = clock, rng
+        self._started_ms = _ms(clock())
+        self._replay = ReplayGuard()
+        self._manifests: dict[bytes, ChainManifest] = {}
+
+    def __repr__(self) -> str:
+        return f"FunctionHost({self.function.name}, protect={self._protect})"
+
+    def handle(self, data: bytes) -> bytes:
+        """Check one incoming hop, run the function, return the sealed next hop."""
+        message = ChainMessage.from_bytes(data)
+        if not self._protect:
+            return self._handle_plain(message)
+        meta = message.metadata
+        manifest = self._manifest(message)
+        check_fresh(manifest, meta, _ms(self._clock()), self._started_ms)
+        check_place(manifest, meta, self.function)
+        self._replay.check(meta.request_id, meta.step)
+        args, carrier = open_payload(
+            self.secrets.key(manifest, meta.step, meta.request_id), message
+        )
+        self._replay.record(meta.request_id, meta.step, meta.expires_at_ms, _ms(self._clock()))
+        result, out_carrier = self._run(meta, args, carrier)
+        following = meta.step + 1
+        out_meta = HopMetadata(
+            meta.request_id,
+            meta.chain_id,
+            following,
+            manifest.receiver(following).name,
+            meta.manifest_hash,
+            meta.expires_at_ms,
+        )
+        key = self.secrets.key(manifest, following, meta.request_id)
+        payload = {"args": result, "carrier": out_carrier}
+        return key.seal(out_meta, message.manifest, message.tag, payload, self._rng(12)).to_bytes()
+
+    def _manifest(self, message: ChainMessage) -> ChainManifest:
+        # Keyed by the signed bytes: a manifest is parsed and verified once per host.
+        manifest = self._manifests.get(message.manifest)
+        if manifest is None:
+            signed = SignedManifest.from_bytes(message.manifest)
+            self._check_named(signed.digest, message.metadata)
+            manifest = signed.verified(self._owners)
+            if len(self._manifests) >= _MAX_MANIFESTS:
+                self._manifests.clear()
+            self._manifests[message.manifest] = manifest
+        self._check_named(manifest.digest, message.metadata)
+        return manifest
+
+    @staticmethod
+    def _check_named(digest: bytes, meta: HopMetadata) -> None:
+        if not hmac.compare_digest(digest, meta.manifest_hash):
+            raise ChainViolation(
+                f"manifest swap: the message carries manifest {digest.hex()[:16]} but "
+                f"its metadata names {meta.manifest_hash.hex()[:16]}"
+            )
+
+    def _run(self, meta: HopMetadata, args: Any, carrier: object) -> tuple[Any, dict[str, str]]:
+        parent = extract_context(carrier)
+        token = otel_context.attach(parent)
+        try:
+            attributes: dict[str, str | int] = {
+                "faas.chain": meta.chain_id,
+                "faas.step": meta.step,
+                "faas.request_id": meta.request_id.hex(),
+            }
+            name = f"faas {self.function.name}"
+            with self._tracer.start_as_current_span(
+                name, kind=SpanKind.SERVER, attributes=attributes
+            ):
+                invocation = Invocation(
+                    meta.request_id, meta.chain_id, meta.step, self._tracer, baggage_of(parent)
+                )
+                result = self.function(args, invocation)
+                return result, inject_context()
+        finally:
+            otel_context.detach(token)
+
+    def _handle_plain(self, message: ChainMessage) -> bytes:
+        """The same runtime without protection (the benchmark's baseline): no checks, no crypto."""
+        meta = message.metadata
+        args, carrier = _payload(decode_plain(message.ciphertext), meta)
+        result, out_carrier = self._run(meta, args, carrier)
+        names = decode_plain(message.manifest)
+        following = meta.step + 1
+        receiver = names[following] if following < len(names) else "gateway"
+        out_meta = HopMetadata(
+            meta.request_id,
+            meta.chain_id,
+            following,
+            receiver,
+            meta.manifest_hash,
+            meta.expires_at_ms,
+        )
+        return plain_message(out_meta, message.manifest, {"args": result, "carrier": out_carrier})
+
+
+def check_fresh(manifest: ChainManifest, meta: HopMetadata, now_ms: int, started_ms: int) -> None:
+    """Chain id, manifest and request expiry, and the fail-closed restart rule."""
+    if meta.chain_id != manifest.chain_id:
+        raise ChainViolation(
+            f"splice: metadata names chain {meta.chain_id!r} but the manifest is for "
+            f"{manifest.chain_id!r}"
+        )
+    if now_ms > manifest.not_after_ms:
+        raise ChainViolation(f"manifest of chain {manifest.chain_id!r} has expired")
+    if now_ms >= meta.expires_at_ms:
+        raise ChainViolation(
+            f"expired: request {meta.request_id.hex()} expired "
+            f"{(now_ms - meta.expires_at_ms) / 1000:.1f}s ago"
+        )
+    if meta.expires_at_ms > manifest.not_after_ms:
+        raise ChainViolation("request outlives its manifest (expiry after the manifest's)")
+    if meta.expires_at_ms - manifest.request_ttl_ms < started_ms:
+        raise ChainViolation(
+            f"request {meta.request_id.hex()} was issued before this function started; "
+            "refused because the replay set does not survive restarts (retry with a new request)"
+        )
+
+
+def check_place(manifest: ChainManifest, meta: HopMetadata, function: ChainFunction) -> None:
+    """Refuse unless `function` is the one the manifest lists at the message's step."""
+    step = meta.step
+    if step >= manifest.length:
+        raise ChainViolation(
+            f"step {step} is not a function step of chain {manifest.chain_id!r} "
+            f"({manifest.length} functions)"
+        )
+    expected = manifest.receiver(step)
+    if meta.next_function != expected.name:
+        raise ChainViolation(
+            f"routing metadata names {meta.next_function!r} but step {step} is {expected.name!r}"
+        )
+    if hmac.compare_digest(function.measurement, expected.measurement):
+        return
+    if function.name == expected.name:
+        raise ChainViolation(
+            f"wrong measurement: function {function.name!r} measures "
+            f"{function.measurement.hex()[:16]}, the manifest requires "
+            f"{expected.measurement.hex()[:16]} at step {step}"
+        )
+    own = manifest.steps_of(function.measurement)
+    if not own:
+        raise ChainViolation(
+            f"function swap: step {step} must run {expected.name!r}, but the message reached "
+            f"{function.name!r}, which is not in chain {manifest.chain_id!r}"
+        )
+    if min(own) > step:
+        raise ChainViolation(
+            f"skip: the message for step {step} ({expected.name!r}) reached {function.name!r} "
+            f"at step {min(own)}, skipping step(s) {step}..{min(own) - 1}"
+        )
+    raise ChainViolation(
+        f"reorder: the message for step {step} ({expected.name!r}) reached {function.name!r}, "
+        f"which the manifest places at step(s) {own}, not {step}"
+    )
+
+
+def open_payload(key: HopKey, message: ChainMessage) -> tuple[Any, object]:
+    """Authenticate and decrypt a hop: (args, trace carrier)."""
+    return _payload(key.open(message), message.metadata)
+
+
+def _payload(value: Any, meta: HopMetadata) -> tuple[Any, object]:
+    if not isinstance(value, dict) or set(value) != {"args", "carrier"}:
+        raise ChainViolation(f"hop {meta.step} payload is not {{args, carrier}}")
+    return value["args"], value["carrier"]
+
+
+def plain_message(meta: HopMetadata, manifest: bytes, payload: Any) -> bytes:
+    """An unprotected hop (benchmark baseline): the payload in clear, no key, no tag."""
+    body = encode_canonical(payload)
+    return ChainMessage(meta, manifest, b"", bytes(16), bytes(12), body).to_bytes()
+
+
+def decode_plain(data: bytes) -> Any:
+    try:
+        return decode_canonical(data)
+    except ValueError:
+        raise ChainViolation("malformed unprotected payload") from None
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
