@@ -72,9 +72,8 @@ class EnclaveConfig:
     cache_levels: int = 8
     epoch_ms: int = 200
     retention_s: int = 7 * 86400
-    query_width: int = 16
-    trace_batches: int = 1
-    search_batches: int = 4
+    trace_reads: int = 16
+    search_reads: int = 64
 
     def to_bytes(self) -> bytes:
         return cbor2.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -107,10 +106,8 @@ def start(init: bytes) -> EcallTable:
         retention_ns=config.retention_s * 10**9,
     )
     engine = IngestEngine(device, journal, sealer, indexer=indexer)
-    budget = QueryBudget(
-        min(config.query_width, device.params.batch_size),
-        config.trace_batches,
-        config.search_batches,
+    budget = QueryBudget.from_reads(
+        config.trace_reads, config.search_reads, device.params.batch_size
     )
     executor = QueryExecutor(engine, engine.edb, _edb_reader(engine), indexer, budget=budget)
     sessions = QuerySessions(

@@ -134,9 +134,8 @@ class Node:
             cache_levels=s.cache_levels,
             epoch_ms=s.epoch_ms,
             retention_s=s.retention,
-            query_width=s.query_batch,
-            trace_batches=s.trace_reads // s.query_batch,
-            search_batches=s.search_reads // s.query_batch,
+            trace_reads=s.trace_reads,
+            search_reads=s.search_reads,
         )
 
     def _write_credential(self, port: int) -> None:

@@ -41,7 +41,6 @@ class Settings:
     cache_levels: int = 8
     max_pending_requests: int = 256
     retention: int = 7 * 86400  # seconds; flags and files take durations such as 7d
-    query_batch: int = 16  # ORAM paths per query batch
     trace_reads: int = 16  # ORAM reads every trace lookup spends
     search_reads: int = 64  # ORAM reads every search spends (half finding, half fetching)
     analyst: str = "admin"  # name in the analyst credential written on first start
@@ -72,19 +71,20 @@ class Settings:
             "oram_blocks",
             "oram_batch",
             "retention",
-            "query_batch",
             "trace_reads",
             "search_reads",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.query_batch > self.oram_batch:
-            raise ConfigError("query_batch cannot exceed oram_batch (the ORAM's widest batch)")
-        for name in ("trace_reads", "search_reads"):
-            if getattr(self, name) % self.query_batch:
-                raise ConfigError(f"{name} must be a multiple of query_batch ({self.query_batch})")
-        if self.search_reads < 2 * self.query_batch:
-            raise ConfigError("search_reads must be at least two query batches")
+        # Queries read in equal batches no wider than the ORAM's batch (searches in >= 2).
+        for name, least in (("trace_reads", 1), ("search_reads", 2)):
+            reads = getattr(self, name)
+            batches = max(least, -(-reads // self.oram_batch))
+            if reads % batches:
+                raise ConfigError(
+                    f"{name} ({reads}) must split into {batches} equal batches of at most "
+                    f"oram_batch ({self.oram_batch}) reads: pick a multiple of {batches}"
+                )
 
     @property
     def store_url(self) -> str:

@@ -56,15 +56,39 @@ class EdbReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QueryBudget:
-    """Reads per query, in batches of `width` paths."""
+    """ORAM reads per query: `trace_batches` batches of `trace_width` paths for a trace
+    lookup, `search_batches` (>= 2: half to find, half to fetch) of `search_width`."""
 
-    width: int = 16
+    trace_width: int = 16
     trace_batches: int = 1
-    search_batches: int = 4
+    search_width: int = 32
+    search_batches: int = 2
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.trace_batches < 1 or self.search_batches < 2:
-            raise InvalidRequest("a query budget needs width >= 1, trace >= 1, search >= 2 batches")
+        if min(self.trace_width, self.trace_batches, self.search_width) < 1:
+            raise InvalidRequest("a query budget needs at least one path and one batch")
+        if self.search_batches < 2:
+            raise InvalidRequest("a search budget needs at least two batches")
+
+    @classmethod
+    def from_reads(cls, trace_reads: int, search_reads: int, widest: int) -> QueryBudget:
+        """Equal batches no wider than `widest` (the ORAM's batch size)."""
+        trace = max(1, -(-trace_reads // widest))
+        search = max(2, -(-search_reads // widest))
+        if trace_reads % trace or search_reads % search:
+            raise InvalidRequest(
+                f"query reads ({trace_reads}, {search_reads}) do not split into equal "
+                f"batches of at most {widest}"
+            )
+        return cls(trace_reads // trace, trace, search_reads // search, search)
+
+    @property
+    def trace_reads(self) -> int:
+        return self.trace_width * self.trace_batches
+
+    @property
+    def search_reads(self) -> int:
+        return self.search_width * self.search_batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +156,9 @@ class QueryExecutor:
             since = 0 if lookback_ns is None else self._clock() - lookback_ns
             segments = [s for s in self._source.index.segments if s.t_max >= since]
             wanted = self._union(self._postings(segments, [trapdoor]).values())
-            data = self._source.read_blocks(wanted, b.trace_batches, b.width)
+            data = self._source.read_blocks(wanted, b.trace_batches, b.trace_width)
         records = [r for r in unpack_blocks(data.values()) if self._is_trace(r, trapdoor)]
-        return QueryResult(
-            records, len(wanted) > b.trace_batches * b.width, b.trace_batches * b.width
-        )
+        return QueryResult(records, len(wanted) > b.trace_reads, b.trace_reads)
 
     def search(self, request: SearchRequest) -> QueryResult:
         b = self.budget
@@ -148,19 +170,23 @@ class QueryExecutor:
                 if s.overlaps(request.start_ns, request.end_ns)
             ]
             candidates = self._candidates(segments, request)
-            data = self._source.read_blocks(candidates, find, b.width)
-            found = [r for r in unpack_blocks(data.values()) if self._matches(r, request)]
-            chosen = _most_recent_traces(found, request.limit)
+            data = self._source.read_blocks(candidates, find, b.search_width)
+            latest: dict[bytes, int] = {}  # matching trace -> its latest matching start
+            for record in unpack_blocks(data.values()):
+                start = self._match(record, request)
+                if start is not None and start > latest.get(record.trace_id, -1):
+                    latest[record.trace_id] = start
+            chosen = sorted(latest, key=latest.__getitem__, reverse=True)[: request.limit]
             trace_doors = [self._indexer.trapdoor(trace_keyword(t)) for t in chosen]
             postings = self._postings(list(self._source.index.segments), trace_doors)
             more = [x for x in self._union(postings.values()) if x not in data]
-            data.update(self._source.read_blocks(more, fetch, b.width))
+            data.update(self._source.read_blocks(more, fetch, b.search_width))
         keep = set(chosen)
         records = [r for r in unpack_blocks(data.values()) if r.trace_id in keep]
-        truncated = (len(candidates) > find * b.width and len(chosen) < request.limit) or len(
-            more
-        ) > fetch * b.width
-        return QueryResult(records, truncated, b.search_batches * b.width)
+        truncated = (
+            len(candidates) > find * b.search_width and len(chosen) < request.limit
+        ) or len(more) > fetch * b.search_width
+        return QueryResult(records, truncated, b.search_reads)
 
     def services(self) -> list[str]:
         with self._source.lock:
@@ -222,27 +248,19 @@ class QueryExecutor:
     def _is_trace(self, record: SpanRecord, trapdoor: bytes) -> bool:
         return hmac.compare_digest(self._indexer.trapdoor(trace_keyword(record.trace_id)), trapdoor)
 
-    def _matches(self, record: SpanRecord, request: SearchRequest) -> bool:
+    def _match(self, record: SpanRecord, request: SearchRequest) -> int | None:
+        """The span's start time if it satisfies every predicate, else None."""
         rs = ResourceSpans.FromString(record.payload)
         span = rs.scope_spans[0].spans[0]
-        start, duration = (
-            span.start_time_unix_nano,
-            span.end_time_unix_nano - span.start_time_unix_nano,
-        )
+        start = span.start_time_unix_nano
+        duration = span.end_time_unix_nano - start
         if not (request.start_ns <= start <= request.end_ns):
-            return False
+            return None
         if not (request.min_duration_ns <= duration <= request.max_duration_ns):
-            return False
-        if not request.terms:
-            return True
-        _, shared = resource_keywords(rs.resource)
-        doors = {self._indexer.trapdoor(w) for w in span_keywords(shared, span)}
-        return all(td in doors for td in request.terms)
-
-
-def _most_recent_traces(records: Sequence[SpanRecord], limit: int) -> list[bytes]:
-    latest: dict[bytes, int] = {}
-    for rec in records:
-        start = ResourceSpans.FromString(rec.payload).scope_spans[0].spans[0].start_time_unix_nano
-        latest[rec.trace_id] = max(start, latest.get(rec.trace_id, 0))
-    return sorted(latest, key=lambda t: latest[t], reverse=True)[:limit]
+            return None
+        if request.terms:
+            _, shared = resource_keywords(rs.resource)
+            doors = {self._indexer.trapdoor(w) for w in span_keywords(shared, span)}
+            if not all(td in doors for td in request.terms):
+                return None
+        return start

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from otrace.errors import ConfigError
+from query import QueryBudget
 from otrace.settings import Settings, load_settings, parse_duration, parse_size
 
 
@@ -40,6 +41,9 @@ def test_auth_token_never_shows_in_repr() -> None:
         ({"max_request_bytes": "lots"}, "bad size 'lots'"),
         ({"oram_blocks": "many"}, "oram_blocks must be a whole number"),
         ({"tls_cert": "c.pem"}, "TLS needs both"),
+        ({"retention": "forever"}, "bad duration 'forever'"),
+        ({"search_reads": "1"}, r"search_reads \(1\) must split into 2 equal batches"),
+        ({"trace_reads": "33"}, r"trace_reads \(33\) must split into 2 equal batches"),
     ],
 )
 def test_bad_settings_say_what_to_do(flags: dict[str, str], message: str) -> None:
@@ -56,6 +60,16 @@ def test_bad_config_files(tmp_path: Path) -> None:
     unknown.write_text('colour = "blue"\n')
     with pytest.raises(ConfigError, match="unknown settings colour"):
         load_settings({}, {}, unknown)
+
+
+def test_retention_takes_a_duration_and_reads_split_into_batches() -> None:
+    settings = load_settings({"retention": "12h", "search_reads": "96"}, {})
+    assert settings.retention == 12 * 3600
+    budget = QueryBudget.from_reads(
+        settings.trace_reads, settings.search_reads, settings.oram_batch
+    )
+    assert (budget.trace_width, budget.trace_batches) == (16, 1)
+    assert (budget.search_width, budget.search_batches) == (32, 3)
 
 
 def test_units() -> None:

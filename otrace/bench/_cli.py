@@ -79,10 +79,12 @@ def _register() -> None:
     from otrace.bench._cli_election import election_command
     from otrace.bench._cli_faas import faas_command
     from otrace.bench._cli_ingest import ingest_command
+    from otrace.bench._cli_query import query_command
 
     bench.add_command(ingest_command)
     bench.add_command(election_command)
     bench.add_command(faas_command)
+    bench.add_command(query_command)
 
 
 _register()

@@ -32,6 +32,7 @@ class LoadResult:
     failed_spans: int = 0
     retries: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    trace_sample: list[bytes] = field(default_factory=list)  # some acknowledged trace ids
 
 
 def _trace(rnd: random.Random, now_ns: int, depth: int, attrs: int) -> list[tuple[str, Span]]:
@@ -65,9 +66,16 @@ def _trace(rnd: random.Random, now_ns: int, depth: int, attrs: int) -> list[tupl
 
 
 def build_requests(
-    spans: int, per_request: int, seed: int, *, depth: int = 4, attrs: int = 8
+    spans: int,
+    per_request: int,
+    seed: int,
+    *,
+    depth: int = 4,
+    attrs: int = 8,
+    trace_ids: list[bytes] | None = None,
 ) -> list[tuple[bytes, int]]:
-    """Serialized Export requests of about `per_request` spans each, `spans` in all."""
+    """Serialized Export requests of about `per_request` spans each, `spans` in all;
+    every trace id generated is appended to `trace_ids` if given."""
     rnd = random.Random(seed)
     now = time.time_ns()
     out: list[tuple[bytes, int]] = []
@@ -76,7 +84,10 @@ def build_requests(
         by_service: dict[str, list[Span]] = {}
         count = 0
         while count < per_request and made + count < spans:
-            for service, span in _trace(rnd, now, depth, attrs)[: spans - made - count]:
+            trace = _trace(rnd, now, depth, attrs)[: spans - made - count]
+            if trace_ids is not None:
+                trace_ids.append(trace[0][1].trace_id)
+            for service, span in trace:
                 by_service.setdefault(service, []).append(span)
                 count += 1
         req = ExportTraceServiceRequest()

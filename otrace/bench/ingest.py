@@ -11,6 +11,7 @@ to the last epoch commit.
 from __future__ import annotations
 
 import multiprocessing
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 from otrace.bench._loadgen import LoadResult, build_requests, send_requests
 from otrace.settings import Settings
 
-__all__ = ["IngestBenchConfig", "ModeResult", "run_ingest_bench"]
+__all__ = ["IngestBenchConfig", "ModeResult", "drive_load", "run_ingest_bench", "wait_stored"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,11 +63,13 @@ def _client(
     go: Any,
     out: Any,
 ) -> None:
-    requests = build_requests(spans, per_request, seed)
+    trace_ids: list[bytes] = []
+    requests = build_requests(spans, per_request, seed, trace_ids=trace_ids)
     ready.wait()
     go.wait()
     result = send_requests(target, requests, threads)
-    out.put((result.acked_spans, result.failed_spans, result.retries, result.latencies_ms))
+    sample = random.Random(seed).sample(trace_ids, min(len(trace_ids), 500))
+    out.put((result.acked_spans, result.failed_spans, result.retries, result.latencies_ms, sample))
 
 
 def _run_mode(
@@ -88,8 +91,8 @@ def _run_mode(
     node.start()
     try:
         assert node.grpc is not None
-        load, started, acked_at = _drive(node.grpc.address, cfg)
-        stored, stored_at = _wait_stored(node, load.acked_spans, mode, progress)
+        load, started, acked_at = drive_load(node.grpc.address, cfg)
+        stored, stored_at = wait_stored(node, load.acked_spans, mode, progress)
         if cfg.verify:
             from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -113,7 +116,7 @@ def _run_mode(
     )
 
 
-def _drive(target: str, cfg: IngestBenchConfig) -> tuple[LoadResult, float, float]:
+def drive_load(target: str, cfg: IngestBenchConfig) -> tuple[LoadResult, float, float]:
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Barrier(cfg.clients + 1), ctx.Event(), ctx.Queue()
     share = cfg.spans // cfg.clients
@@ -140,18 +143,19 @@ def _drive(target: str, cfg: IngestBenchConfig) -> tuple[LoadResult, float, floa
     go.set()
     load = LoadResult()
     for _ in procs:
-        acked, failed, retries, latencies = out.get()
+        acked, failed, retries, latencies, sample = out.get()
         load.acked_spans += acked
         load.failed_spans += failed
         load.retries += retries
         load.latencies_ms.extend(latencies)
+        load.trace_sample.extend(sample)
     acked_at = time.perf_counter()
     for p in procs:
         p.join()
     return load, started, acked_at
 
 
-def _wait_stored(node: Any, acked: int, mode: str, progress: Progress | None) -> tuple[int, float]:
+def wait_stored(node: Any, acked: int, mode: str, progress: Progress | None) -> tuple[int, float]:
     deadline = time.monotonic() + 600
     while True:
         stats = node.stats()

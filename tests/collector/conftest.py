@@ -22,7 +22,6 @@ def node_settings(tmp_path: Path, **changes: object) -> Settings:
         "query": "127.0.0.1:0",
         "oram_blocks": 1024,
         "oram_batch": 8,
-        "query_batch": 4,
         "trace_reads": 4,
         "search_reads": 8,
         "cache_levels": 3,

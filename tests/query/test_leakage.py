@@ -41,7 +41,7 @@ from tests.query.conftest import trace_request
 INDEX_KEY = b"\x05" * 32
 SECRET_SERVICE = "payroll-secret-svc"
 SECRET_VALUE = "iban-DE89370400440532013000"
-BUDGET = QueryBudget(width=4, trace_batches=2, search_batches=4)
+BUDGET = QueryBudget(trace_width=4, trace_batches=2, search_width=4, search_batches=4)
 
 
 @dataclass
@@ -188,11 +188,13 @@ def test_every_query_reads_its_budget_whatever_it_matches(harness: Harness) -> N
         mark = harness.seen.mark()
         result = run()
         batches = harness.oram_batches(mark)
-        expected = BUDGET.trace_batches if name.startswith("trace") else BUDGET.search_batches
+        trace = name.startswith("trace")
+        expected = BUDGET.trace_batches if trace else BUDGET.search_batches
+        width = BUDGET.trace_width if trace else BUDGET.search_width
         assert len(batches) == expected, name
-        assert result.reads == expected * BUDGET.width
+        assert result.reads == expected * width
         # Each batch reads `width` random paths (two may share a leaf, rarely).
-        assert all(BUDGET.width - 1 <= len(leaves) <= BUDGET.width for leaves in batches), name
+        assert all(width - 1 <= len(leaves) <= width for leaves in batches), name
 
 
 def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_labels(
