@@ -15,6 +15,7 @@ from otrace.bench._cli import bench
 from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
 from otrace.errors import OTraceError
+from otrace.loadtest._cli import loadtest
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +33,7 @@ cli.add_command(serve)
 cli.add_command(attest)
 cli.add_command(kms)
 cli.add_command(bench)
+cli.add_command(loadtest)
 
 
 def main() -> None:

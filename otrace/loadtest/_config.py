@@ -32,7 +32,7 @@ class LoadConfig:
     threads: int = 4
     shape: TraceShape = field(default_factory=TraceShape)
     spans_per_request: int = 500
-    pool_spans: int = 50_000
+    pool_spans: int = 20_000
     sample: int | None = 200
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sdk: bool = False

@@ -13,6 +13,7 @@ the parent through one queue of tuples:
 from __future__ import annotations
 
 import random
+import signal
 import threading
 from typing import Any
 
@@ -37,6 +38,8 @@ def make_transport(config: LoadConfig) -> Transport:
 
 def worker_main(config: LoadConfig, index: int, out: Any, go: Any, stop: Any) -> None:
     """Entry point of worker `index` (a spawned process)."""
+    # Ctrl-C reaches the whole process group; the parent decides (through `stop`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if config.sdk:
             from otrace.loadtest._sdk import SdkLoad
