@@ -60,3 +60,14 @@ def test_every_span_acknowledged_and_stored_intact(node: Node, protocol: str) ->
     result = verify_traces(ScanSource(node), report.sample, wait_s=0)
     assert (result.lost_spans, result.corrupt_spans) == (0, 0), result.problems()
     assert result.verified_traces == len(report.sample)
+
+
+def test_sdk_exporters_spans_stored_intact(node: Node) -> None:
+    """The official SDK exporter's encoding is what the ledger digests: it must come back."""
+    assert node.grpc is not None
+    config = short_load(node.grpc.address, sdk=True, rate=1_000.0, sample=None)
+    report = run_load(config)
+    assert report.tally.failed == {} and report.tally.acked_spans >= 800
+    result = verify_traces(ScanSource(node), report.sample, wait_s=0)
+    assert result.ok, result.problems()
+    assert result.verified_traces == len(report.sample) > 50

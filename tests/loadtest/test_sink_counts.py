@@ -34,6 +34,17 @@ def test_counts_add_up_against_the_sink(sink: OtlpSink, protocol: str, gzip: boo
     assert len(keys) == 200 and keys == sorted(keys)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sdk_mode_counts_add_up(sink: OtlpSink, protocol: str) -> None:
+    target = sink.grpc_address if protocol == "grpc" else sink.http_address
+    config = short_load(target, protocol=protocol, sdk=True, rate=1_000.0, sample=50)
+    report = run_load(config)
+    t = report.tally
+    assert t.failed == {} and t.sent_spans >= 800
+    assert t.sent_spans == t.acked_spans == sink.counts().spans
+    assert len(report.sample) == 50
+
+
 def test_cli_against_the_sink_command(tmp_path: Path) -> None:
     """`otrace loadtest sink` on port 0 in its own process; `otrace loadtest --json` at it."""
     sink_json = tmp_path / "sink.json"
