@@ -134,16 +134,20 @@ def _resource(service: str) -> ResourceSpans:
 
 
 def build_request(
-    rnd: random.Random, shape: TraceShape, min_spans: int, now_ns: int
+    rnd: random.Random, shape: TraceShape, min_spans: int, now_ns: int, *, exact: bool = False
 ) -> tuple[ExportTraceServiceRequest, list[tuple[bytes, list[Span]]]]:
     """Whole traces, at least `min_spans` spans, grouped by service into one request.
 
-    Returns the request and, per trace, its id and its spans in request order.
+    With `exact`, the last trace is cut (keeping a tree: parents come first) so
+    the request holds exactly `min_spans`. Returns the request and, per trace,
+    its id and its spans in request order.
     """
     traces = []
     count = 0
     while count < min_spans:
         trace_id, specs = generate_trace(rnd, shape, now_ns)
+        if exact:
+            specs = specs[: min_spans - count]
         traces.append((trace_id, [(s.service, span_proto(trace_id, specs, s)) for s in specs]))
         count += len(specs)
     by_service: dict[str, ResourceSpans] = {}
@@ -191,15 +195,27 @@ def _template(request: ExportTraceServiceRequest, traces: list[tuple[bytes, list
 
 
 def build_pool(
-    shape: TraceShape, spans: int, per_request: int, seed: int, *, now_ns: int | None = None
+    shape: TraceShape,
+    spans: int,
+    per_request: int,
+    seed: int,
+    *,
+    now_ns: int | None = None,
+    exact: bool = False,
 ) -> list[RequestTemplate]:
-    """Templates holding at least `spans` spans in requests of about `per_request` spans."""
+    """Templates holding at least `spans` spans in requests of about `per_request` spans.
+
+    With `exact`, requests hold exactly `per_request` spans (the last one the
+    rest) and the pool exactly `spans`: each request's last trace may be cut
+    short (a smaller tree; its missing spans are never sent).
+    """
     rnd = random.Random(seed)
     now = time.time_ns() if now_ns is None else now_ns
     pool: list[RequestTemplate] = []
     made = 0
     while made < spans:
-        request, traces = build_request(rnd, shape, min(per_request, spans - made), now)
+        want = min(per_request, spans - made)
+        request, traces = build_request(rnd, shape, want, now, exact=exact)
         pool.append(_template(request, traces))
         made += pool[-1].spans
     return pool
