@@ -143,7 +143,12 @@ def loadtest(ctx: click.Context, /, **opts: Any) -> None:
         opts["json_path"].write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"JSON written to {opts['json_path']}")
     if verified is not None and not verified.ok:
-        ctx.exit(1)
+        # An exception, not ctx.exit: `otrace.cli.main` runs click non-standalone
+        # and would drop an exit code, but renders ClickException with status 1.
+        raise click.ClickException(
+            f"{verified.lost_spans:,} acknowledged spans lost, {verified.corrupt_spans:,} "
+            f"corrupt, in {len(verified.checks) - verified.verified_traces:,} traces"
+        )
 
 
 def _config(opts: dict[str, Any]) -> LoadConfig:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from otrace.loadtest._templates import sample_key
 
-__all__ = ["AckLedger", "ExpectedTrace", "merge_samples", "span_digest"]
+__all__ = ["NO_LIMIT", "AckLedger", "ExpectedTrace", "merge_samples", "span_digest"]
 
-_NO_LIMIT = 1 << 64
+NO_LIMIT = 1 << 64  # above every 64-bit key
 
 
 def span_digest(serialized_span: bytes) -> bytes:
@@ -53,8 +53,10 @@ class AckLedger:
 
     def threshold(self) -> int:
         """Traces with a key at or above this cannot enter the sample; skip digesting them."""
+        if self._limit == 0:
+            return 0
         if self._limit is None or len(self._heap) < self._limit:
-            return _NO_LIMIT
+            return NO_LIMIT
         return -self._heap[0][0]
 
     def record(self, trace_id: bytes, spans: Iterable[tuple[bytes, bytes]]) -> None:

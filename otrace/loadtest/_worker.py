@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from otrace.loadtest._config import LoadConfig
-from otrace.loadtest._ledger import AckLedger
+from otrace.loadtest._ledger import NO_LIMIT, AckLedger
 from otrace.loadtest._tally import Pacer, WorkerStats
 from otrace.loadtest._templates import RequestTemplate, build_pool, round_mask
 from otrace.loadtest._transport import GrpcTransport, HttpTransport, Transport, deliver
@@ -135,9 +135,10 @@ class _PrebuiltLoad:
         keys = template.keys(mask)
         with self._lock:
             threshold = self.ledger.threshold()
-            picked = range(template.traces) if threshold >> 64 else np.nonzero(
-                keys < np.uint64(threshold)
-            )[0]
+            if threshold == NO_LIMIT:  # does not fit in a uint64 comparison
+                picked = np.arange(template.traces)
+            else:
+                picked = np.nonzero(keys < np.uint64(threshold))[0]
             for trace in picked:
                 spans = list(template.trace_spans(body, int(trace)))
                 trace_id = spans[0][1][2:18]

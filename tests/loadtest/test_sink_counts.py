@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from otrace.cli import cli
 from otrace.errors import ConfigError
@@ -92,3 +95,32 @@ def test_rate_and_max_exclude_each_other() -> None:
     args = ["loadtest", "--endpoint", "127.0.0.1:1", "--rate", "10", "--max"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+class _EmptyStore:
+    """A query client that finds nothing: every acknowledged span is lost."""
+
+    @classmethod
+    @contextmanager
+    def connect(cls, endpoint: str, *, key_file: Path | None = None) -> Iterator[_EmptyStore]:
+        yield cls()
+
+    def get_trace(self, trace_id: bytes) -> TracesData:
+        return TracesData()
+
+
+def test_verify_exits_non_zero_when_acknowledged_spans_are_missing(
+    sink: OtlpSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import query
+
+    monkeypatch.setattr(query, "QueryClient", _EmptyStore, raising=False)
+    out = tmp_path / "report.json"
+    args = ["loadtest", "--endpoint", sink.grpc_address, "--rate", "1000", "--duration", "1s",
+            "--workers", "1", "--spans-per-request", "100", "--verify", "--sample", "10",
+            "--verify-wait", "0s", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "acknowledged spans lost" in result.output
+    report = json.loads(out.read_text())
+    assert report["verified_traces"] == 0 and report["lost_spans"] > 0
