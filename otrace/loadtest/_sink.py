@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -62,7 +62,7 @@ class _Counter:
         self._refuse = refuse
         self.counts = SinkCounts()
 
-    def take(self, body: bytes, spans_of: Callable[[bytes], int]) -> Refusal | int | None:
+    def take(self, body: bytes, spans_of: Callable[[bytes], int]) -> Refusal | int:
         """Refusal, or the number of spans counted; -1 when the body does not parse."""
         refusal = None
         if self._refuse is not None:
@@ -73,17 +73,14 @@ class _Counter:
         except (DecodeError, ValueError, KeyError, TypeError):
             spans = -1
         with self._lock:
-            c = self.counts
+            c = replace(self.counts, received_bytes=self.counts.received_bytes + len(body))
             if refusal is not None:
-                self.counts = SinkCounts(c.requests, c.spans, c.refused + 1, c.malformed,
-                                         c.received_bytes + len(body))  # fmt: skip
+                self.counts = replace(c, refused=c.refused + 1)
                 return refusal
             if spans < 0:
-                self.counts = SinkCounts(c.requests, c.spans, c.refused, c.malformed + 1,
-                                         c.received_bytes + len(body))  # fmt: skip
+                self.counts = replace(c, malformed=c.malformed + 1)
                 return -1
-            self.counts = SinkCounts(c.requests + 1, c.spans + spans, c.refused, c.malformed,
-                                     c.received_bytes + len(body))  # fmt: skip
+            self.counts = replace(c, requests=c.requests + 1, spans=c.spans + spans)
             return spans
 
 
