@@ -17,6 +17,7 @@ from otrace.cli_query import operations, search, services, trace
 from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
 from otrace.errors import OTraceError
+from otrace.loadtest._cli import loadtest
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,6 +40,7 @@ cli.add_command(attest)
 cli.add_command(kms)
 cli.add_command(bench)
 cli.add_command(faas)
+cli.add_command(loadtest)
 
 
 def main() -> None:

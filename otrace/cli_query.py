@@ -28,13 +28,14 @@ from rich.text import Text
 from otrace.errors import ConfigError
 from otrace.settings import parse_duration
 
-__all__ = ["operations", "search", "services", "trace"]
+__all__ = ["operations", "resolve_key_file", "search", "services", "trace"]
 
 DEFAULT_ENDPOINT = "127.0.0.1:16685"
 _BAR = 40
 
 
-def _key_file(given: Path | None) -> Path:
+def resolve_key_file(given: Path | None) -> Path:
+    """--key-file, else $OTRACE_KEY_FILE, else analyst.cred in $OTRACE_DATA_DIR or otrace-data."""
     if given is not None:
         return given
     if os.environ.get("OTRACE_KEY_FILE"):
@@ -70,7 +71,7 @@ def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         except ValueError:
             raise click.BadParameter("a measurement is hex", param_hint="--measurement") from None
         with QueryClient.connect(
-            endpoint, key_file=_key_file(key_file), measurements=allowed
+            endpoint, key_file=resolve_key_file(key_file), measurements=allowed
         ) as client:
             return command(client, **kw)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from otrace.errors import ConfigError
-from query import QueryBudget
 from otrace.settings import Settings, load_settings, parse_duration, parse_size
+from query import QueryBudget
 
 
 def test_defaults_give_a_single_sqlite_node() -> None:
