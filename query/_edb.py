@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -63,18 +63,21 @@ def padded_row_count(rows: int) -> int:
 class EdbCodec:
     """Encrypts and decrypts postings rows with the enclave's EDB value key."""
 
-    def __init__(self, value_key: bytes, *, rng: object = None) -> None:
+    def __init__(self, value_key: bytes, *, rng: Callable[[int], bytes] | None = None) -> None:
         self._aead = AESGCM(value_key)
         self._random = os.urandom if rng is None else rng
 
+    def __repr__(self) -> str:
+        return "EdbCodec()"
+
     def seal(self, label: bytes, segment: int, keyword: str, blocks: Iterable[int]) -> EdbRow:
         body = _encode_postings(keyword, sorted(blocks))
-        nonce = self._random(_NONCE)  # type: ignore[operator]
+        nonce = self._random(_NONCE)
         ct = self._aead.encrypt(nonce, _pad(body), _ad(label, segment))
         return EdbRow(label, segment, nonce + ct)
 
     def dummy(self, segment: int) -> EdbRow:
-        return self.seal(self._random(LABEL_SIZE), segment, "", ())  # type: ignore[operator]
+        return self.seal(self._random(LABEL_SIZE), segment, "", ())
 
     def open(self, row: EdbRow) -> Postings:
         if len(row.value) < _NONCE + 16 + MIN_VALUE:
