@@ -124,9 +124,9 @@ def start(init: bytes) -> EcallTable:
 def _edb_reader(engine: IngestEngine) -> Any:
     db = engine.device.store.engine  # type: ignore[attr-defined]
 
-    def lookup(labels: Any) -> list[EdbRow]:
+    def lookup(slots: Any) -> list[EdbRow]:
         with db.connect() as conn:
-            return engine.edb.lookup(conn, labels)
+            return engine.edb.lookup(conn, slots)
 
     return lookup
 

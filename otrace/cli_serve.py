@@ -49,6 +49,7 @@ __all__ = ["serve"]
     type=int,
     help="ORAM reads every search spends, whatever it matches (more finds more). [64]",
 )
+@click.option("--trace-reads", type=int, help="ORAM reads every trace lookup spends. [16]")
 @click.option(
     "--max-request-size",
     "max_request_bytes",

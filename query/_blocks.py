@@ -80,7 +80,7 @@ def records_from_request(request: ExportTraceServiceRequest) -> list[SpanRecord]
                         span.trace_id,
                         span.span_id,
                         single.SerializeToString(),
-                        frozenset(span_keywords(shared, span)),
+                        span_keywords(shared, span),
                         span.start_time_unix_nano,
                         (service, span.name),
                     )
