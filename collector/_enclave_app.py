@@ -74,6 +74,7 @@ class EnclaveConfig:
     retention_s: int = 7 * 86400
     trace_reads: int = 16
     search_reads: int = 64
+    unindexed: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         return cbor2.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -105,7 +106,9 @@ def start(init: bytes) -> EcallTable:
         EdbCodec(_derive(secrets["state_key"], b"otrace/edb-value")),
         retention_ns=config.retention_s * 10**9,
     )
-    engine = IngestEngine(device, journal, sealer, indexer=indexer)
+    engine = IngestEngine(
+        device, journal, sealer, indexer=indexer, unindexed=frozenset(config.unindexed)
+    )
     budget = QueryBudget.from_reads(
         config.trace_reads, config.search_reads, device.params.batch_size
     )

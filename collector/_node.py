@@ -136,6 +136,7 @@ class Node:
             retention_s=s.retention,
             trace_reads=s.trace_reads,
             search_reads=s.search_reads,
+            unindexed=s.unindexed_keys,
         )
 
     def _write_credential(self, port: int) -> None:

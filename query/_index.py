@@ -26,7 +26,7 @@ import cbor2
 
 from otrace.errors import IntegrityError
 from query._edb import EdbCodec, EdbRow, Postings, bucket_count
-from query._trapdoor import Trapdoors, locate
+from query._trapdoor import Locator, Trapdoors
 
 __all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
 
@@ -139,8 +139,9 @@ class Indexer:
     def _rows(self, seg_id: int, postings: Mapping[str, Iterable[int]]) -> list[EdbRow]:
         count = bucket_count(len(postings))
         buckets: dict[int, list[Postings]] = {}
+        locate, trapdoor = Locator(seg_id, count), self.trapdoor
         for word, blocks in postings.items():
-            bucket, tag = locate(self.trapdoor(word), seg_id, count)
+            bucket, tag = locate(trapdoor(word))
             buckets.setdefault(bucket, []).append(Postings(tag, word, tuple(sorted(blocks))))
         return self.codec.segment_rows(seg_id, buckets, count)
 

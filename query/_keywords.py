@@ -12,7 +12,8 @@ Time and duration are hierarchical: a range is covered by the coarsest units
 that fit inside it plus finer units at its edges (`time_cover`,
 `duration_cover`), so a range query is a union of a few keywords, then exact
 filtering inside the enclave. Attribute values longer than
-`MAX_INDEXED_VALUE` bytes are stored but not indexed.
+`MAX_INDEXED_VALUE` bytes, and attributes the operator lists as unindexed, are
+stored but not indexed.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def render_value(value: AnyValue) -> str | None:
     return None
 
 
-def _attribute_keywords(attributes: Iterable[KeyValue]) -> list[str]:
+def _attribute_keywords(attributes: Iterable[KeyValue], skip: frozenset[str]) -> list[str]:
     out = []
     for kv in attributes:
+        if kv.key in skip:
+            continue
         rendered = render_value(kv.value)
         if rendered is not None and len(rendered) <= MAX_INDEXED_VALUE:
             out.append(attr_keyword(kv.key, rendered))
@@ -117,13 +120,18 @@ def service_of(resource: Resource) -> str:
     return UNKNOWN_SERVICE
 
 
-def resource_keywords(resource: Resource) -> tuple[str, list[str]]:
-    """(service name, the keywords every span of this resource shares)."""
+def resource_keywords(
+    resource: Resource, skip: frozenset[str] = frozenset()
+) -> tuple[str, list[str]]:
+    """(service name, the keywords every span of this resource shares); attributes whose
+    key is in `skip` are not indexed (operators' choice, like Jaeger's tag deny-list)."""
     service = service_of(resource)
-    return service, [service_keyword(service), *_attribute_keywords(resource.attributes)]
+    return service, [service_keyword(service), *_attribute_keywords(resource.attributes, skip)]
 
 
-def span_keywords(shared: Sequence[str], span: Span) -> frozenset[str]:
+def span_keywords(
+    shared: Sequence[str], span: Span, skip: frozenset[str] = frozenset()
+) -> frozenset[str]:
     """Every keyword of one span, given its resource's shared keywords."""
     start = span.start_time_unix_nano
     return frozenset(
@@ -133,7 +141,7 @@ def span_keywords(shared: Sequence[str], span: Span) -> frozenset[str]:
             trace_keyword(span.trace_id),
             _STATUS_WORDS.get(span.status.code, "status:unset"),
             _KIND_WORDS.get(span.kind, "kind:unspecified"),
-            *_attribute_keywords(span.attributes),
+            *_attribute_keywords(span.attributes, skip),
             *_time_words(start // _MINUTE_NS),
             *_duration_words(duration_bucket(span.end_time_unix_nano - start)),
         )

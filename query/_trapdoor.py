@@ -19,7 +19,7 @@ import hmac
 
 from otrace.errors import InvalidRequest
 
-__all__ = ["TAG_SIZE", "TRAPDOOR_SIZE", "Trapdoors", "locate", "trapdoor_for"]
+__all__ = ["TAG_SIZE", "TRAPDOOR_SIZE", "Locator", "Trapdoors", "locate", "trapdoor_for"]
 
 TRAPDOOR_SIZE = 32
 TAG_SIZE = 16
@@ -56,5 +56,18 @@ class Trapdoors:
 
 def locate(trapdoor: bytes, segment: int, buckets: int) -> tuple[int, bytes]:
     """(bucket, tag) of a keyword's postings in one index segment of `buckets` buckets."""
-    t = hmac.digest(trapdoor, _SLOT + segment.to_bytes(8, "big"), "sha256")
-    return int.from_bytes(t[:8], "big") & (buckets - 1), t[8 : 8 + TAG_SIZE]
+    return Locator(segment, buckets)(trapdoor)
+
+
+class Locator:
+    """`locate` for one segment, its message built once (called per keyword at ingest)."""
+
+    __slots__ = ("_mask", "_message")
+
+    def __init__(self, segment: int, buckets: int) -> None:
+        self._message = _SLOT + segment.to_bytes(8, "big")
+        self._mask = buckets - 1
+
+    def __call__(self, trapdoor: bytes) -> tuple[int, bytes]:
+        t = hmac.digest(trapdoor, self._message, "sha256")
+        return int.from_bytes(t[:8], "big") & self._mask, t[8 : 8 + TAG_SIZE]

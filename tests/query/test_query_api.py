@@ -136,13 +136,13 @@ def test_the_credential_file_is_private(loaded: Loaded) -> None:
     assert loaded.node.credential_path.stat().st_mode & 0o777 == 0o600
 
 
-def test_retention_drops_old_spans_from_the_index(tmp_path: Path) -> None:
+def test_retention_and_unindexed_attributes(tmp_path: Path) -> None:
     from collector import Node
     from tests.collector.conftest import node_settings
     from tests.collector.otlp_helpers import grpc_export
     from tests.query.conftest import trace_request
 
-    node = Node(node_settings(tmp_path, retention=3600))
+    node = Node(node_settings(tmp_path, retention=3600, unindexed_attributes="http.status_code, x"))
     node.start()
     try:
         assert node.grpc is not None and node.query is not None
@@ -156,6 +156,18 @@ def test_retention_drops_old_spans_from_the_index(tmp_path: Path) -> None:
         endpoint = f"127.0.0.1:{node.query.port}"
         with QueryClient.connect(endpoint, key_file=node.credential_path) as client:
             assert _spans(client.fetch_trace(old).data) == []
-            assert len(_spans(client.fetch_trace(new).data)) == 3
+            got = client.fetch_trace(new).data
+            assert len(_spans(got)) == 3
+            # Stored and returned, but not searchable: the operator chose not to index it.
+            root = next(
+                s
+                for rs in got.resource_spans
+                for s in rs.scope_spans[0].spans
+                if s.name == "GET /cart"
+            )
+            assert [kv.key for kv in root.attributes] == ["http.status_code"]
+            by_attr = client.search(attributes=[("http.status_code", "200")], start_ns=now - 10**10)
+            assert _spans(by_attr.data) == []
+            assert len(_spans(client.search(service="archive", start_ns=now - 10**10).data)) == 3
     finally:
         node.stop()
