@@ -119,6 +119,7 @@ class IngestEngine:
         indexer: Indexer,
         limits: Limits | None = None,
         max_epoch_entries: int = 256,
+        max_epoch_bytes: int = 4 << 20,
         unindexed: frozenset[str] = frozenset(),
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -129,6 +130,8 @@ class IngestEngine:
         self._sealer = sealer
         self._limits = limits or Limits()
         self._max_entries = max_epoch_entries
+        # Bounds an epoch's work (~10k typical spans): queries wait for the epoch's lock.
+        self._max_bytes = max_epoch_bytes
         self._unindexed = unindexed
         self._clock = clock
         # Reentrant: the query executor holds it across its index reads and block reads.
@@ -178,7 +181,9 @@ class IngestEngine:
                         "missing from storage"
                     )
             else:
-                entries = self.journal.read_after(st.watermark, self._max_entries)
+                entries = _up_to_bytes(
+                    self.journal.read_after(st.watermark, self._max_entries), self._max_bytes
+                )
                 if not entries:
                     return None
                 first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
@@ -391,6 +396,16 @@ class IngestEngine:
                 "(tampered or rolled back separately)"
             ) from None
         return _decode(plain)
+
+
+def _up_to_bytes(entries: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
+    """The leading entries whose bodies fit in `limit` bytes (at least one)."""
+    total = 0
+    for i, (_, body) in enumerate(entries):
+        total += len(body)
+        if total > limit and i:
+            return entries[:i]
+    return entries
 
 
 # Fixed size, so counters never show in the row length; the version refuses older layouts.

@@ -4,8 +4,8 @@ A segment with K keywords has B = the power of two at or above K/32 buckets,
 each one row `edb_<tree>(slot, segment, value)` with `slot = segment * 2^32 +
 bucket` (segment and bucket are in clear; every bucket exists, full or not).
 `value` = `nonce | AES-GCM(plaintext)` with associated data `segment | bucket`;
-the plaintext is `count u32`, then per keyword `tag (16) | keyword length u16 |
-keyword | postings count u32 | delta-varint absolute block numbers`, zero-padded
+the plaintext is `count u32`, then per keyword `trapdoor (32) | length u32 |
+delta-varint absolute block numbers (length bytes)`, zero-padded
 to a power of two of at least `MIN_VALUE` bytes. The storage learns B (K within
 a factor of two) and each bucket's size class; a lookup touches one bucket,
 shared with ~31 other keywords.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection, Engine
 
 from otrace.errors import IntegrityError
-from query._trapdoor import TAG_SIZE
+from query._trapdoor import TRAPDOOR_SIZE
 
 __all__ = [
     "BUCKET_TARGET",
@@ -38,7 +38,10 @@ __all__ = [
     "EdbRow",
     "EdbTable",
     "Postings",
+    "RawEntry",
     "bucket_count",
+    "decode_postings",
+    "encode_postings",
     "slot_of",
 ]
 
@@ -47,7 +50,8 @@ MIN_VALUE = 256
 _NONCE = 12
 _AD = b"otrace/edb/v2\x00"
 _COUNT = struct.Struct("<I")
-_ENTRY = struct.Struct(f"<{TAG_SIZE}sH")
+_ENTRY = struct.Struct(f"<{TRAPDOOR_SIZE}sI")  # trapdoor, length of its encoded postings
+RawEntry = tuple[bytes, bytes]  # (trapdoor, delta-varint postings): copied as is by merges
 _LOOKUP_CHUNK = 500
 
 
@@ -73,11 +77,10 @@ class EdbRow:
 
 
 class Postings(NamedTuple):
-    """One keyword's entry in a bucket: its tag, the keyword, its sorted block numbers.
+    """One keyword's entry in a bucket: its trapdoor and its sorted block numbers.
     (A tuple: ingest builds one per keyword, about 3.5 per span.)"""
 
-    tag: bytes
-    keyword: str
+    trapdoor: bytes
     blocks: tuple[int, ...]
 
 
@@ -92,15 +95,23 @@ class EdbCodec:
         return "EdbCodec()"
 
     def seal(self, segment: int, bucket: int, entries: Iterable[Postings]) -> EdbRow:
-        items = list(entries)
-        body = b"".join([_COUNT.pack(len(items)), *(_encode_entry(p) for p in items)])
+        return self.seal_raw(
+            segment, bucket, [(p.trapdoor, encode_postings(p.blocks)) for p in entries]
+        )
+
+    def seal_raw(self, segment: int, bucket: int, entries: Sequence[RawEntry]) -> EdbRow:
+        """A bucket from (trapdoor, encoded postings) pairs."""
+        parts = [_COUNT.pack(len(entries))]
+        for door, raw in entries:
+            parts += (_ENTRY.pack(door, len(raw)), raw)
+        body = b"".join(parts)
         size = max(MIN_VALUE, 1 << (len(body) - 1).bit_length())
         nonce = self._random(_NONCE)
         value = nonce + self._aead.encrypt(nonce, body.ljust(size, b"\0"), _ad(segment, bucket))
         return EdbRow(segment, bucket, value)
 
-    def open(self, row: EdbRow) -> list[Postings]:
-        """Every entry of a bucket; a bucket that fails authentication raises."""
+    def open_raw(self, row: EdbRow) -> list[RawEntry]:
+        """A bucket's (trapdoor, encoded postings) pairs; failing authentication raises."""
         if len(row.value) < _NONCE + 16 + MIN_VALUE:
             raise IntegrityError("an encrypted index row is truncated")
         try:
@@ -111,29 +122,43 @@ class EdbCodec:
             raise IntegrityError(
                 "an encrypted index row failed authentication (altered or moved)"
             ) from None
-        return _decode_entries(plain)
+        try:
+            (count,) = _COUNT.unpack_from(plain)
+            offset, out = _COUNT.size, []
+            for _ in range(count):
+                door, length = _ENTRY.unpack_from(plain, offset)
+                offset += _ENTRY.size + length
+                if offset > len(plain):
+                    raise IndexError(offset)
+                out.append((door, plain[offset - length : offset]))
+            return out
+        except (struct.error, IndexError):
+            raise IntegrityError("an encrypted index row has an unknown layout") from None
+
+    def open(self, row: EdbRow) -> list[Postings]:
+        """Every entry of a bucket, decoded."""
+        return [Postings(door, decode_postings(raw)) for door, raw in self.open_raw(row)]
+
+    def find(self, row: EdbRow, trapdoors: Collection[bytes]) -> dict[bytes, tuple[int, ...]]:
+        """The postings of those `trapdoors` the bucket holds (only they are decoded)."""
+        return {door: decode_postings(raw) for door, raw in self.open_raw(row) if door in trapdoors}
 
     def segment_rows(
-        self, segment: int, buckets: Mapping[int, Sequence[Postings]], count: int
+        self, segment: int, buckets: Mapping[int, Sequence[RawEntry]], count: int
     ) -> list[EdbRow]:
         """All `count` buckets of a segment (empty ones too)."""
-        return [self.seal(segment, b, buckets.get(b, ())) for b in range(count)]
+        return [self.seal_raw(segment, b, buckets.get(b, ())) for b in range(count)]
 
 
 def _ad(segment: int, bucket: int) -> bytes:
     return _AD + segment.to_bytes(8, "big") + bucket.to_bytes(4, "big")
 
 
-def _encode_entry(p: Postings) -> bytes:
-    raw = p.keyword.encode()
-    out = bytearray(_ENTRY.pack(p.tag, len(raw)))
-    out += raw
-    out += _COUNT.pack(len(p.blocks))
-    if len(p.blocks) == 1 and p.blocks[0] < 0x80:
-        out.append(p.blocks[0])
-        return bytes(out)
+def encode_postings(blocks: Iterable[int]) -> bytes:
+    """Sorted block numbers as delta varints."""
+    out = bytearray()
     previous = 0
-    for block in p.blocks:
+    for block in blocks:
         delta, previous = block - previous, block
         while delta >= 0x80:
             out.append((delta & 0x7F) | 0x80)
@@ -142,33 +167,18 @@ def _encode_entry(p: Postings) -> bytes:
     return bytes(out)
 
 
-def _decode_entries(plain: bytes) -> list[Postings]:
-    try:
-        (count,) = _COUNT.unpack_from(plain)
-        offset, out = _COUNT.size, []
-        for _ in range(count):
-            tag, length = _ENTRY.unpack_from(plain, offset)
-            offset += _ENTRY.size
-            keyword = plain[offset : offset + length].decode()
-            offset += length
-            (n,) = _COUNT.unpack_from(plain, offset)
-            offset += _COUNT.size
-            blocks, value = [], 0
-            for _ in range(n):
-                delta = shift = 0
-                while True:
-                    byte = plain[offset]
-                    offset += 1
-                    delta |= (byte & 0x7F) << shift
-                    shift += 7
-                    if byte < 0x80:
-                        break
-                value += delta
-                blocks.append(value)
-            out.append(Postings(tag, keyword, tuple(blocks)))
-        return out
-    except (struct.error, UnicodeDecodeError, IndexError):
-        raise IntegrityError("an encrypted index row has an unknown layout") from None
+def decode_postings(raw: bytes) -> tuple[int, ...]:
+    blocks, value, delta, shift = [], 0, 0, 0
+    for byte in raw:
+        delta |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            value += delta
+            blocks.append(value)
+            delta = shift = 0
+    if shift:
+        raise IntegrityError("an encrypted index row has an unknown layout")
+    return tuple(blocks)
 
 
 class EdbTable:

@@ -207,17 +207,18 @@ class QueryExecutor:
         self, segments: Sequence[Segment], trapdoors: Sequence[bytes]
     ) -> dict[tuple[int, bytes], tuple[int, ...]]:
         """(segment id, trapdoor) -> block numbers, for every pair the index holds."""
-        wanted: dict[int, list[tuple[int, bytes, bytes]]] = {}
+        wanted: dict[int, list[tuple[int, bytes]]] = {}
         for seg in segments:
             for td in trapdoors:
-                bucket, tag = locate(td, seg.id, seg.rows)
-                wanted.setdefault(slot_of(seg.id, bucket), []).append((seg.id, td, tag))
+                slot = slot_of(seg.id, locate(td, seg.id, seg.rows))
+                wanted.setdefault(slot, []).append((seg.id, td))
         out: dict[tuple[int, bytes], tuple[int, ...]] = {}
         for row in self._lookup(list(wanted)):
-            entries = {e.tag: e.blocks for e in self._indexer.codec.open(row)}
-            for seg_id, td, tag in wanted.get(row.slot, ()):
-                if seg_id == row.segment and tag in entries:
-                    out[(seg_id, td)] = entries[tag]
+            asked = wanted.get(row.slot, [])
+            entries = self._indexer.codec.find(row, {td for _, td in asked})
+            for seg_id, td in asked:
+                if seg_id == row.segment and td in entries:
+                    out[(seg_id, td)] = entries[td]
         return out
 
     def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> list[int]:

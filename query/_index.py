@@ -25,7 +25,14 @@ from dataclasses import dataclass, field, replace
 import cbor2
 
 from otrace.errors import IntegrityError
-from query._edb import EdbCodec, EdbRow, Postings, bucket_count
+from query._edb import (
+    EdbCodec,
+    EdbRow,
+    RawEntry,
+    bucket_count,
+    decode_postings,
+    encode_postings,
+)
 from query._trapdoor import Locator, Trapdoors
 
 __all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
@@ -119,7 +126,10 @@ class Indexer:
             for word in words:
                 postings.setdefault(word, []).append(block)
         seg_id = state.next_segment
-        rows = self._rows(seg_id, postings)
+        trapdoor = self.trapdoor
+        rows = self._rows(
+            seg_id, {trapdoor(w): encode_postings(blocks) for w, blocks in postings.items()}
+        )
         numbers = [b for b, _ in epoch.blocks]
         segment = Segment(
             seg_id,
@@ -136,13 +146,13 @@ class Indexer:
         )
         return new, rows
 
-    def _rows(self, seg_id: int, postings: Mapping[str, Iterable[int]]) -> list[EdbRow]:
+    def _rows(self, seg_id: int, postings: Mapping[bytes, bytes]) -> list[EdbRow]:
+        """A segment's buckets from trapdoor -> encoded postings."""
         count = bucket_count(len(postings))
-        buckets: dict[int, list[Postings]] = {}
-        locate, trapdoor = Locator(seg_id, count), self.trapdoor
-        for word, blocks in postings.items():
-            bucket, tag = locate(trapdoor(word))
-            buckets.setdefault(bucket, []).append(Postings(tag, word, tuple(sorted(blocks))))
+        buckets: dict[int, list[RawEntry]] = {}
+        locate = Locator(seg_id, count)
+        for door, raw in postings.items():
+            buckets.setdefault(locate(door), []).append((door, raw))
         return self.codec.segment_rows(seg_id, buckets, count)
 
     # ------------------------------------------------------------- maintenance
@@ -169,18 +179,22 @@ class Indexer:
             return replace(state, segments=tuple(segments)), []
         expected = {s.id: s.rows for s in plan.merge}
         seen = dict.fromkeys(expected, 0)
-        postings: dict[str, set[int]] = {}
+        found: dict[bytes, list[bytes]] = {}
         for row in merged_rows:
             if row.segment not in seen:
                 raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
             seen[row.segment] += 1
-            for entry in self.codec.open(row):
-                postings.setdefault(entry.keyword, set()).update(entry.blocks)
+            for door, raw in self.codec.open_raw(row):
+                found.setdefault(door, []).append(raw)
         if seen != expected:
             raise IntegrityError(
                 "rows are missing from or were added to the encrypted index "
                 f"(segments {sorted(expected)}: expected {expected}, found {seen})"
             )
+        # Most keywords (ids) occur in one segment: their postings are copied as they are.
+        postings = {
+            door: raws[0] if len(raws) == 1 else _merged(raws) for door, raws in found.items()
+        }
         seg_id = state.next_segment
         rows = self._rows(seg_id, postings)
         group = plan.merge
@@ -197,6 +211,13 @@ class Indexer:
         segments.append(merged)
         segments.sort(key=lambda s: s.first_block)
         return replace(state, segments=tuple(segments), next_segment=seg_id + 1), rows
+
+
+def _merged(raws: list[bytes]) -> bytes:
+    blocks: set[int] = set()
+    for raw in raws:
+        blocks.update(decode_postings(raw))
+    return encode_postings(sorted(blocks))
 
 
 def _catalogued(

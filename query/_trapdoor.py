@@ -3,7 +3,10 @@
     trapdoor  K_w = HMAC-SHA256(K_index, "otrace/query/v1/keyword\\0" || w)
     locator   t   = HMAC-SHA256(K_w, "otrace/query/v2/slot\\0" || segment id)
     bucket    = first 8 bytes of t mod (the segment's bucket count, a power of two)
-    tag       = bytes 8..24 of t (identifies the keyword inside its bucket)
+
+Inside its (encrypted) bucket a keyword's entry is keyed by its trapdoor, which
+the enclave compares with the one it was sent, and which compaction re-locates
+under a new segment id without recomputing anything from the keyword.
 
 The analyst's client computes trapdoors with the index key from its credential
 and sends them (never keywords) over the attested session; the enclave derives
@@ -19,10 +22,9 @@ import hmac
 
 from otrace.errors import InvalidRequest
 
-__all__ = ["TAG_SIZE", "TRAPDOOR_SIZE", "Locator", "Trapdoors", "locate", "trapdoor_for"]
+__all__ = ["TRAPDOOR_SIZE", "Locator", "Trapdoors", "locate", "trapdoor_for"]
 
 TRAPDOOR_SIZE = 32
-TAG_SIZE = 16
 _KEYWORD = b"otrace/query/v1/keyword\x00"
 _SLOT = b"otrace/query/v2/slot\x00"
 
@@ -54,8 +56,8 @@ class Trapdoors:
         return h.digest()
 
 
-def locate(trapdoor: bytes, segment: int, buckets: int) -> tuple[int, bytes]:
-    """(bucket, tag) of a keyword's postings in one index segment of `buckets` buckets."""
+def locate(trapdoor: bytes, segment: int, buckets: int) -> int:
+    """The bucket of a keyword's postings in one index segment of `buckets` buckets."""
     return Locator(segment, buckets)(trapdoor)
 
 
@@ -68,6 +70,6 @@ class Locator:
         self._message = _SLOT + segment.to_bytes(8, "big")
         self._mask = buckets - 1
 
-    def __call__(self, trapdoor: bytes) -> tuple[int, bytes]:
+    def __call__(self, trapdoor: bytes) -> int:
         t = hmac.digest(trapdoor, self._message, "sha256")
-        return int.from_bytes(t[:8], "big") & self._mask, t[8 : 8 + TAG_SIZE]
+        return int.from_bytes(t[:8], "big") & self._mask

@@ -27,9 +27,9 @@ def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
 
 
 def _blocks_of(ix: Indexer, rows: list, keyword: str, segment: int) -> tuple[int, ...]:
-    bucket, tag = locate(trapdoor_for(KEY, keyword), segment, len(rows))
-    (row,) = [r for r in rows if r.bucket == bucket]
-    return next(e.blocks for e in ix.codec.open(row) if e.tag == tag)
+    door = trapdoor_for(KEY, keyword)
+    (row,) = [r for r in rows if r.bucket == locate(door, segment, len(rows))]
+    return next(e.blocks for e in ix.codec.open(row) if e.trapdoor == door)
 
 
 def test_an_epoch_adds_a_level_0_segment_under_a_new_id() -> None:
