@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ class AckLedger:
         self._limit = limit
         self._heap: list[tuple[int, bytes]] = []  # (-key, trace id): the largest key on top
         self._spans: dict[bytes, dict[bytes, bytes]] = {}
+        # SDK mode records from one exporter thread per service, all into one ledger.
+        self._lock = threading.Lock()
 
     def threshold(self) -> int:
         """Traces with a key at or above this cannot enter the sample; skip digesting them."""
@@ -64,6 +67,10 @@ class AckLedger:
 
         A trace may arrive in several calls (the SDK batches spans, not traces).
         """
+        with self._lock:
+            self._record(trace_id, spans)
+
+    def _record(self, trace_id: bytes, spans: Iterable[tuple[bytes, bytes]]) -> None:
         known = self._spans.get(trace_id)
         if known is None:
             key = sample_key(trace_id)
