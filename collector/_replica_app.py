@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from collector._cluster import cluster_tables
 from collector._election import ElectionStore
@@ -129,7 +132,7 @@ def _open_shared(
     identity: EnclaveIdentity,
     secrets: dict[str, bytes],
 ) -> tuple[SqlBucketStore, Journal, ElectionStore, EdbTable]:
-    store = SqlBucketStore(config.store_url)
+    store = SqlBucketStore(_replica_engine(config))
     journal = Journal(store.engine, derive(secrets["state_key"], b"otrace/journal"))
     # Shuffles are accepted from this build on this platform (SECURITY.md: one platform).
     verifier = Verifier(
@@ -145,6 +148,28 @@ def _open_shared(
     )
     cluster_tables(store.engine)
     return store, journal, election, EdbTable(store.engine, TREE_ID)
+
+
+def _replica_engine(config: EnclaveConfig) -> Engine:
+    """The shared store's engine, with a bound on how long a stalled writer holds locks.
+
+    A leader frozen inside an ORAM commit (a VM pause, SIGSTOP) holds the lease
+    row in share mode and the tree's lock; the election could not open the next
+    term until it woke. PostgreSQL ends any session idle inside a transaction
+    for lease/2, which rolls that commit back and frees the locks; a writer
+    never pauses that long between the statements of a healthy commit.
+    """
+    engine = sa.create_engine(config.store_url, pool_pre_ping=True)
+    timeout_ms = max(100, config.lease_ms // 2)
+
+    @event.listens_for(engine, "connect")
+    def _bound_stalls(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
+        cursor.close()
+        dbapi_conn.commit()
+
+    return engine
 
 
 def _replica_key(config: EnclaveConfig, sealer: Sealer) -> ReplicaKey:

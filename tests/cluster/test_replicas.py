@@ -138,10 +138,14 @@ def test_a_frozen_leader_is_fenced_when_it_wakes(cluster: Cluster) -> None:
     time.sleep(2.0)
     frozen = cluster.replicas[first.leader]
     frozen.signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
     try:
         second = cluster.wait_leader(after_term=first.term, timeout=4 * LEASE_S)
     finally:
         frozen.signal(signal.SIGCONT)
+    print(f"frozen {first.leader} (term {first.term}) replaced by {second.leader} "
+          f"(term {second.term}) in {time.monotonic() - stopped_at:.2f} s")  # fmt: skip
+    assert time.monotonic() - stopped_at <= 2 * LEASE_S + 1.0, dump(cluster)
     deadline = time.monotonic() + 4 * LEASE_S
     while f"stops leading term {first.term}" not in frozen.output():
         assert time.monotonic() < deadline, dump(cluster)
@@ -151,6 +155,9 @@ def test_a_frozen_leader_is_fenced_when_it_wakes(cluster: Cluster) -> None:
         or "stale term" in frozen.output()
         or ("lapsed" in frozen.output())
     ), frozen.output()
+    for line in frozen.output().splitlines():
+        if "stops leading" in line or "deposed" in line:
+            print(f"{first.leader}: {line}")
     loader.join()
     (report,) = reports
     leader = cluster.wait_leader(after_term=first.term).leader
