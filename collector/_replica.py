@@ -212,8 +212,8 @@ class ReplicaRuntime:
                 pass  # another replica's shuffle of this term was published first
             lease = self._election.status()
         if lease.shuffled and lease.term == term and self._claim_term != term:
-            self._claim_term = term
             draw = self._election.draw(term)  # re-verified from the store's rows
+            self._claim_term = term  # one look per term (a failed read is tried again)
             if self.key.recognises(draw.tracker):
                 self._election.claim(self.key.claim(draw))
                 self._promote(term)

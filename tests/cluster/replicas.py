@@ -119,6 +119,10 @@ class Cluster:
             client.set_policy(sign_policy(policy, owner))
 
     def start_replica(self, name: str) -> Replica:
+        """Starts replica `name` (again, after its previous process exited or was killed)."""
+        previous = self.replicas.get(name)
+        if previous is not None:
+            previous.proc.wait(timeout=30)
         data_dir = self.base / name
         data_dir.mkdir(exist_ok=True)
         log = self.base / f"{name}.log"

@@ -103,6 +103,10 @@ def test_sigkill_the_leader_under_load(cluster: Cluster) -> None:
     rows = _assert_terms_never_interleave(cluster.url)
     print(f"ORAM commits by term: {rows}")
     assert {r[0] for r in rows} >= {first.term, second.term}, rows
+    # The killed replica restarts: it unseals its election key and rejoins as a follower.
+    cluster.start_replica(first.leader)
+    cluster.wait_joined([first.leader])
+    assert "already registered" not in cluster.replicas[first.leader].output()
 
 
 def test_cli_loadtest_verify_through_a_follower(cluster: Cluster, tmp_path: Path) -> None:
