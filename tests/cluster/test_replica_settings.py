@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from collector import cluster_status
+from collector import ElectionStore, cluster_status
+from collector._cluster import announce, cluster_tables
+from oram_store import SqlBucketStore
 from otrace.cli import cli
 from otrace.errors import ConfigError
 from otrace.settings import Settings, load_settings
+from tee import Verifier
+from tee.ssle import ReplicaKey, Shuffler
 
 PG = "postgresql+psycopg://u@db/otrace"
 KEY = "ab" * 32
@@ -48,3 +53,34 @@ def test_cluster_status_on_a_store_without_a_cluster(tmp_path: Path) -> None:
         cluster_status(url)
     result = CliRunner().invoke(cli, ["cluster", "status", "--store", url])
     assert isinstance(result.exception, ConfigError)
+
+
+def test_cluster_status_shows_the_leader_only_once_claimed(
+    tmp_path: Path, verifier: Verifier, keys: list[ReplicaKey], shuffler: Shuffler
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cluster.sqlite'}"
+    store = SqlBucketStore(url)
+    try:
+        election = ElectionStore(store, verifier=verifier)
+        cluster_tables(store.engine)
+        for key in keys[:3]:
+            election.register(key.name, key.public_key)
+            announce(store.engine, key.name, "127.0.0.1:1", "127.0.0.1:2", now=time.time())
+        term = election.open_term()
+        for key in keys[:3]:
+            election.submit_tracker(key.tracker_for(term))
+        draw = election.publish_shuffle(shuffler.shuffle(term, election.trackers(term)))
+        before = cluster_status(url)
+        assert (before.term, before.leader, before.to_json(time.time())["phase"]) == (
+            1,
+            None,
+            "shuffled, awaiting claim",
+        )
+        (owner,) = [k for k in keys[:3] if k.recognises(draw.tracker)]
+        election.claim(owner.claim(draw))
+        result = CliRunner().invoke(cli, ["cluster", "status", "--store", url])
+        assert result.exit_code == 0, result.output
+        assert owner.name in result.output and "not created yet" in result.output
+        assert cluster_status(url).leader == owner.name
+    finally:
+        store.close()
