@@ -88,6 +88,7 @@ class EnclaveConfig:
     replica_key_path: str = ""
     lease_ms: int = 5000
     election_ms: int = 5000
+    unindexed: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         return cbor2.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -111,7 +112,9 @@ def start(init: bytes) -> EcallTable:
         else Journal(device.store.engine, journal_key)  # type: ignore[attr-defined]
     )
     indexer = make_indexer(config, secrets)
-    engine = IngestEngine(device, journal, sealer, indexer=indexer)
+    engine = IngestEngine(
+        device, journal, sealer, indexer=indexer, unindexed=frozenset(config.unindexed)
+    )
     budget = QueryBudget.from_reads(
         config.trace_reads, config.search_reads, device.params.batch_size
     )
@@ -151,9 +154,9 @@ def make_indexer(config: EnclaveConfig, secrets: dict[str, bytes]) -> Indexer:
 
 
 def edb_reader(edb: EdbTable, db: Engine) -> Any:
-    def lookup(labels: Any) -> list[EdbRow]:
+    def lookup(slots: Any) -> list[EdbRow]:
         with db.connect() as conn:
-            return edb.lookup(conn, labels)
+            return edb.lookup(conn, slots)
 
     return lookup
 

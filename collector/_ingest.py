@@ -126,6 +126,7 @@ class IngestEngine:
         indexer: Indexer,
         limits: Limits | None = None,
         max_epoch_entries: int = 256,
+        unindexed: frozenset[str] = frozenset(),
         clock: Callable[[], int] = time.time_ns,
         fence: TransactionHook | None = None,
     ) -> None:
@@ -136,6 +137,7 @@ class IngestEngine:
         self._sealer = sealer
         self._limits = limits or Limits()
         self._max_entries = max_epoch_entries
+        self._unindexed = unindexed
         self._clock = clock
         # Runs first in every device commit (a replica's term check); None on a single node.
         self._fence = fence
@@ -178,7 +180,9 @@ class IngestEngine:
             records = [
                 rec
                 for _, body in entries
-                for rec in records_from_request(ExportTraceServiceRequest.FromString(body))
+                for rec in records_from_request(
+                    ExportTraceServiceRequest.FromString(body), self._unindexed
+                )
             ]
             blocks = pack_blocks(records, self.device.params.block_size)
             self._write_epoch(blocks, (first, last, done, base), len(records))

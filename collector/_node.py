@@ -167,6 +167,7 @@ class Node:
             retention_s=s.retention,
             trace_reads=s.trace_reads,
             search_reads=s.search_reads,
+            unindexed=s.unindexed_keys,
             replica=s.replica,
             replica_key_path=str(s.data_dir / "replica.key") if s.replica else "",
             lease_ms=s.lease_ms,

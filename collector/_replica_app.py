@@ -87,7 +87,14 @@ def start(init: bytes) -> EcallTable:
                 f"the shared ORAM has batches of {device.params.batch_size}, this replica was "
                 f"started with {config.batch}: give every replica the same settings"
             )
-        return IngestEngine(device, journal, sealer, indexer=indexer, fence=fence)
+        return IngestEngine(
+            device,
+            journal,
+            sealer,
+            indexer=indexer,
+            unindexed=frozenset(config.unindexed),
+            fence=fence,
+        )
 
     runtime = ReplicaRuntime(
         _replica_key(config, sealer),

@@ -49,6 +49,12 @@ __all__ = ["serve"]
     type=int,
     help="ORAM reads every search spends, whatever it matches (more finds more). [64]",
 )
+@click.option("--trace-reads", type=int, help="ORAM reads every trace lookup spends. [16]")
+@click.option(
+    "--unindexed-attributes",
+    help="Comma-separated attribute keys to store but not index, e.g. request.id,session.id: "
+    "unique ids are costly to index and rarely searched (Jaeger's tag deny-list). [none]",
+)
 @click.option(
     "--max-request-size",
     "max_request_bytes",

@@ -44,6 +44,7 @@ class Settings:
     trace_reads: int = 16  # ORAM reads every trace lookup spends
     search_reads: int = 64  # ORAM reads every search spends (half finding, half fetching)
     analyst: str = "admin"  # name in the analyst credential written on first start
+    unindexed_attributes: str = ""  # comma-separated attribute keys stored but not indexed
     auth_token: str = dataclasses.field(default="", repr=False)
     tls_cert: str = ""
     tls_key: str = ""
@@ -118,6 +119,10 @@ class Settings:
             )
         if self.storage != "oram":
             raise ConfigError("replicas run with --storage oram only")
+
+    @property
+    def unindexed_keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.unindexed_attributes.split(",") if k.strip())
 
     @property
     def store_url(self) -> str:

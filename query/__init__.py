@@ -15,7 +15,7 @@ from query._blocks import (
 )
 from query._client import QueryClient, TraceAnswer
 from query._credential import AnalystCredential
-from query._edb import EdbCodec, EdbRow, EdbTable, Postings, padded_row_count
+from query._edb import EdbCodec, EdbRow, EdbTable, Postings, bucket_count, slot_of
 from query._executor import QueryBudget, QueryExecutor, QueryResult, SearchRequest
 from query._index import (
     EpochSpans,
@@ -37,7 +37,7 @@ from query._keywords import (
 )
 from query._server import QueryServer
 from query._session import QuerySessions
-from query._trapdoor import label_for, trapdoor_for
+from query._trapdoor import locate, trapdoor_for
 
 __all__ = [
     "AnalystCredential",
@@ -61,15 +61,16 @@ __all__ = [
     "SpanRecord",
     "TraceAnswer",
     "attr_keyword",
+    "bucket_count",
     "decode_index",
     "duration_cover",
     "encode_index",
-    "label_for",
+    "locate",
     "name_keyword",
     "pack_blocks",
-    "padded_row_count",
     "records_from_request",
     "service_keyword",
+    "slot_of",
     "span_keywords",
     "time_cover",
     "trace_keyword",

@@ -63,11 +63,14 @@ class PackedBlock:
     records: tuple[SpanRecord, ...] = field(repr=False)
 
 
-def records_from_request(request: ExportTraceServiceRequest) -> list[SpanRecord]:
-    """Splits a validated request into one record per span, with its index keywords."""
+def records_from_request(
+    request: ExportTraceServiceRequest, unindexed: frozenset[str] = frozenset()
+) -> list[SpanRecord]:
+    """Splits a validated request into one record per span, with its index keywords
+    (attributes whose key is in `unindexed` are stored but not indexed)."""
     out: list[SpanRecord] = []
     for rs in request.resource_spans:
-        service, shared = resource_keywords(rs.resource)
+        service, shared = resource_keywords(rs.resource, unindexed)
         for ss in rs.scope_spans:
             # One container per scope, refilled with one span at a time: copying the
             # resource per span cost a third more (measured 6.1 vs 4.0 us a span).
@@ -80,7 +83,7 @@ def records_from_request(request: ExportTraceServiceRequest) -> list[SpanRecord]
                         span.trace_id,
                         span.span_id,
                         single.SerializeToString(),
-                        frozenset(span_keywords(shared, span)),
+                        span_keywords(shared, span, unindexed),
                         span.start_time_unix_nano,
                         (service, span.name),
                     )

@@ -24,10 +24,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from otrace.errors import InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
-from query._edb import EdbRow, EdbTable
+from query._edb import EdbRow, EdbTable, slot_of
 from query._index import Indexer, IndexState, Segment
 from query._keywords import resource_keywords, span_keywords, trace_keyword
-from query._trapdoor import TRAPDOOR_SIZE, label_for
+from query._trapdoor import TRAPDOOR_SIZE, locate
 
 __all__ = ["BlockSource", "QueryBudget", "QueryExecutor", "QueryResult", "SearchRequest"]
 
@@ -51,7 +51,7 @@ class BlockSource(Protocol):
 
 
 class EdbReader(Protocol):
-    def __call__(self, labels: Sequence[bytes]) -> list[EdbRow]: ...
+    def __call__(self, slots: Sequence[int]) -> list[EdbRow]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +206,18 @@ class QueryExecutor:
     def _postings(
         self, segments: Sequence[Segment], trapdoors: Sequence[bytes]
     ) -> dict[tuple[int, bytes], tuple[int, ...]]:
-        """(segment id, trapdoor) -> block numbers, for every pair that has a row."""
-        wanted = {label_for(td, s.id): (s.id, td) for s in segments for td in trapdoors}
+        """(segment id, trapdoor) -> block numbers, for every pair the index holds."""
+        wanted: dict[int, list[tuple[int, bytes, bytes]]] = {}
+        for seg in segments:
+            for td in trapdoors:
+                bucket, tag = locate(td, seg.id, seg.rows)
+                wanted.setdefault(slot_of(seg.id, bucket), []).append((seg.id, td, tag))
         out: dict[tuple[int, bytes], tuple[int, ...]] = {}
         for row in self._lookup(list(wanted)):
-            key = wanted.get(row.label)
-            if key is None or key[0] != row.segment:
-                continue
-            out[key] = self._indexer.codec.open(row).blocks
+            entries = {e.tag: e.blocks for e in self._indexer.codec.open(row)}
+            for seg_id, td, tag in wanted.get(row.slot, ()):
+                if seg_id == row.segment and tag in entries:
+                    out[(seg_id, td)] = entries[tag]
         return out
 
     def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> list[int]:

@@ -1,8 +1,9 @@
 """The index's enclave-side state and how it changes: epochs add segments, compaction merges
 them, retention drops them.
 
-A **segment** is the unit of the EDB: every keyword that occurs in it has one
-row labelled `label_for(trapdoor, segment id)`. Each epoch adds a level-0
+A **segment** is the unit of the EDB: its keywords' postings are packed into a
+power-of-two number of buckets, each keyword in the bucket its locator
+(`locate(trapdoor, segment id, buckets)`) names. Each epoch adds a level-0
 segment; when `fanout` segments share a level (and together span no more
 than `max_span_ns` of span start times) they are merged into one segment of
 the next level under a fresh id, so old labels die with their rows and the
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field, replace
 import cbor2
 
 from otrace.errors import IntegrityError
-from query._edb import EdbCodec, EdbRow
-from query._trapdoor import label_for, trapdoor_for
+from query._edb import EdbCodec, EdbRow, Postings, bucket_count
+from query._trapdoor import Locator, Trapdoors
 
 __all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
 
@@ -44,7 +45,7 @@ class Segment:
     first_block: int  # absolute block numbers [first_block, last_block)
     last_block: int
     spans: int
-    rows: int  # EDB rows including dummies
+    rows: int  # EDB rows (buckets, a power of two)
 
     def overlaps(self, start_ns: int, end_ns: int) -> bool:
         return self.t_max >= start_ns and self.t_min <= end_ns
@@ -91,7 +92,7 @@ class Indexer:
         fanout: int = 8,
         retention_ns: int = 7 * 86400 * 10**9,
     ) -> None:
-        self._index_key = index_key
+        self._trapdoor_for = Trapdoors(index_key)
         self.codec = codec
         self.fanout = fanout
         self.retention_ns = retention_ns
@@ -106,7 +107,7 @@ class Indexer:
         if found is None:
             if len(self._trapdoors) > 200_000:
                 self._trapdoors.clear()
-            found = self._trapdoors[keyword] = trapdoor_for(self._index_key, keyword)
+            found = self._trapdoors[keyword] = self._trapdoor_for(keyword)
         return found
 
     # ------------------------------------------------------------------ epochs
@@ -136,11 +137,13 @@ class Indexer:
         return new, rows
 
     def _rows(self, seg_id: int, postings: Mapping[str, Iterable[int]]) -> list[EdbRow]:
-        labelled = {
-            word: (label_for(self.trapdoor(word), seg_id), blocks)
-            for word, blocks in postings.items()
-        }
-        return self.codec.segment_rows(seg_id, labelled)
+        count = bucket_count(len(postings))
+        buckets: dict[int, list[Postings]] = {}
+        locate, trapdoor = Locator(seg_id, count), self.trapdoor
+        for word, blocks in postings.items():
+            bucket, tag = locate(trapdoor(word))
+            buckets.setdefault(bucket, []).append(Postings(tag, word, tuple(sorted(blocks))))
+        return self.codec.segment_rows(seg_id, buckets, count)
 
     # ------------------------------------------------------------- maintenance
 
@@ -171,9 +174,8 @@ class Indexer:
             if row.segment not in seen:
                 raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
             seen[row.segment] += 1
-            opened = self.codec.open(row)
-            if opened.keyword:
-                postings.setdefault(opened.keyword, set()).update(opened.blocks)
+            for entry in self.codec.open(row):
+                postings.setdefault(entry.keyword, set()).update(entry.blocks)
         if seen != expected:
             raise IntegrityError(
                 "rows are missing from or were added to the encrypted index "

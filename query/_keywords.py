@@ -12,11 +12,13 @@ Time and duration are hierarchical: a range is covered by the coarsest units
 that fit inside it plus finer units at its edges (`time_cover`,
 `duration_cover`), so a range query is a union of a few keywords, then exact
 filtering inside the enclave. Attribute values longer than
-`MAX_INDEXED_VALUE` bytes are stored but not indexed.
+`MAX_INDEXED_VALUE` bytes, and attributes the operator lists as unindexed, are
+stored but not indexed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -82,6 +84,10 @@ def kind_keyword(kind: int) -> str:
     return f"kind:{_KIND.get(kind, 'unspecified')}"
 
 
+_STATUS_WORDS = {code: status_keyword(code) for code in _STATUS}
+_KIND_WORDS = {kind: kind_keyword(kind) for kind in _KIND}
+
+
 def render_value(value: AnyValue) -> str | None:
     """A scalar attribute value as users type it (`500`, `true`, `GET`); None otherwise."""
     which = value.WhichOneof("value")
@@ -96,9 +102,11 @@ def render_value(value: AnyValue) -> str | None:
     return None
 
 
-def _attribute_keywords(attributes: Iterable[KeyValue]) -> list[str]:
+def _attribute_keywords(attributes: Iterable[KeyValue], skip: frozenset[str]) -> list[str]:
     out = []
     for kv in attributes:
+        if kv.key in skip:
+            continue
         rendered = render_value(kv.value)
         if rendered is not None and len(rendered) <= MAX_INDEXED_VALUE:
             out.append(attr_keyword(kv.key, rendered))
@@ -112,25 +120,42 @@ def service_of(resource: Resource) -> str:
     return UNKNOWN_SERVICE
 
 
-def resource_keywords(resource: Resource) -> tuple[str, list[str]]:
-    """(service name, the keywords every span of this resource shares)."""
+def resource_keywords(
+    resource: Resource, skip: frozenset[str] = frozenset()
+) -> tuple[str, list[str]]:
+    """(service name, the keywords every span of this resource shares); attributes whose
+    key is in `skip` are not indexed (operators' choice, like Jaeger's tag deny-list)."""
     service = service_of(resource)
-    return service, [service_keyword(service), *_attribute_keywords(resource.attributes)]
+    return service, [service_keyword(service), *_attribute_keywords(resource.attributes, skip)]
 
 
-def span_keywords(shared: Sequence[str], span: Span) -> set[str]:
+def span_keywords(
+    shared: Sequence[str], span: Span, skip: frozenset[str] = frozenset()
+) -> frozenset[str]:
     """Every keyword of one span, given its resource's shared keywords."""
-    words = set(shared)
-    words.add(name_keyword(span.name))
-    words.add(trace_keyword(span.trace_id))
-    words.add(status_keyword(span.status.code))
-    words.add(kind_keyword(span.kind))
-    words.update(_attribute_keywords(span.attributes))
-    minute = span.start_time_unix_nano // _MINUTE_NS
-    words.update(f"t:{label}:{minute // size}" for label, size in _TIME_UNITS)
-    bucket = duration_bucket(span.end_time_unix_nano - span.start_time_unix_nano)
-    words.update(f"dur:{label}:{bucket // size}" for label, size in _DURATION_UNITS)
-    return words
+    start = span.start_time_unix_nano
+    return frozenset(
+        (
+            *shared,
+            name_keyword(span.name),
+            trace_keyword(span.trace_id),
+            _STATUS_WORDS.get(span.status.code, "status:unset"),
+            _KIND_WORDS.get(span.kind, "kind:unspecified"),
+            *_attribute_keywords(span.attributes, skip),
+            *_time_words(start // _MINUTE_NS),
+            *_duration_words(duration_bucket(span.end_time_unix_nano - start)),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_words(minute: int) -> tuple[str, ...]:
+    return tuple(f"t:{label}:{minute // size}" for label, size in _TIME_UNITS)
+
+
+@functools.lru_cache(maxsize=128)
+def _duration_words(bucket: int) -> tuple[str, ...]:
+    return tuple(f"dur:{label}:{bucket // size}" for label, size in _DURATION_UNITS)
 
 
 def duration_bucket(duration_ns: int) -> int:

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from otrace import errors
 from otrace.errors import OTraceError, UnavailableError
+from tee import error_from_rpc
 
 __all__ = ["GrpcServer", "GrpcTransport", "LocalTransport", "Transport", "serve_bytes"]
 
@@ -59,7 +59,7 @@ class GrpcTransport:
         try:
             response = stub(data, timeout=self._timeout)
         except grpc.RpcError as exc:
-            raise _error_from_status(exc, self._target) from None
+            raise error_from_rpc(exc, self._target) from None
         return bytes(response)
 
     def close(self) -> None:
@@ -106,13 +106,3 @@ def _grpc_method(handler: Handler) -> Callable[[bytes, Any], bytes]:
             raise
 
     return method
-
-
-def _error_from_status(exc: grpc.RpcError, target: str) -> OTraceError:
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
-    name, _, message = details.partition(": ")
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, OTraceError) and message:
-        return cls(message)
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    return UnavailableError(f"{target} failed: {code.name if code else 'error'} {details}")

@@ -53,11 +53,11 @@ def test_rows_have_fixed_or_classed_sizes(node: Node) -> None:
         edb_sizes = {n for (n,) in conn.execute("SELECT DISTINCT length(value) FROM edb_spans")}
     assert len(blob_sizes) == 1
     assert set(aux) == {"ingest", "index"}
-    # The sealed index state is padded to a power of two of at least 4 KiB; EDB values
-    # (nonce + tag around a padded plaintext) to powers of two of at least 64 bytes.
+    # The sealed index state is padded to a power of two of at least 4 KiB; EDB buckets
+    # (nonce + tag around a padded plaintext) to powers of two of at least 256 bytes.
     sealed_overhead = aux["index"] - 4096
     assert 0 < sealed_overhead < 100
-    assert edb_sizes and all(((s - 28) & (s - 29)) == 0 and s - 28 >= 64 for s in edb_sizes)
+    assert edb_sizes and all(((s - 28) & (s - 29)) == 0 and s - 28 >= 256 for s in edb_sizes)
 
 
 def test_an_older_ingest_state_put_back_is_refused(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from otrace.errors import IntegrityError
 from query import EdbCodec, EpochSpans, Indexer, IndexState, decode_index, encode_index
-from query._trapdoor import label_for, trapdoor_for
+from query._trapdoor import locate, trapdoor_for
 
 KEY = b"\x01" * 32
 NS = 10**9
@@ -26,18 +26,23 @@ def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
     )
 
 
-def test_an_epoch_adds_a_level_0_segment_with_fresh_labels() -> None:
+def _blocks_of(ix: Indexer, rows: list, keyword: str, segment: int) -> tuple[int, ...]:
+    bucket, tag = locate(trapdoor_for(KEY, keyword), segment, len(rows))
+    (row,) = [r for r in rows if r.bucket == bucket]
+    return next(e.blocks for e in ix.codec.open(row) if e.tag == tag)
+
+
+def test_an_epoch_adds_a_level_0_segment_under_a_new_id() -> None:
     ix = _indexer()
     state, rows = ix.add_epoch(IndexState(), _epoch(10, 100))
     (seg,) = state.segments
     assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (1, 0, 10, 12, 3)
-    assert seg.rows == len(rows) == 3  # svc:a, name:x, name:y
-    label = label_for(trapdoor_for(KEY, "svc:a"), 1)
-    found = [r for r in rows if r.label == label]
-    assert ix.codec.open(found[0]).blocks == (10,)
+    assert seg.rows == len(rows) == 1  # svc:a, name:x, name:y fit one bucket
+    assert _blocks_of(ix, rows, "svc:a", 1) == (10,)
+    assert _blocks_of(ix, rows, "name:y", 1) == (11,)
     assert state.catalogue == {"a": frozenset({"x", "y"})}
     again, rows2 = ix.add_epoch(state, _epoch(12, 200))
-    assert {r.label for r in rows}.isdisjoint({r.label for r in rows2})
+    assert {r.slot for r in rows}.isdisjoint({r.slot for r in rows2})
     assert again.next_segment == 3
 
 
@@ -52,8 +57,7 @@ def test_fanout_segments_merge_into_one_under_a_new_id() -> None:
     merged_state, merged = ix.apply(state, plan, all_rows)
     (seg,) = merged_state.segments
     assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (5, 1, 0, 8, 12)
-    by_label = {r.label: ix.codec.open(r) for r in merged}
-    assert by_label[label_for(trapdoor_for(KEY, "svc:a"), 5)].blocks == (0, 2, 4, 6)
+    assert _blocks_of(ix, merged, "svc:a", 5) == (0, 2, 4, 6)
     assert not ix.plan(merged_state, now_ns=200, live_from=0)
 
 
@@ -64,6 +68,16 @@ def test_a_row_deleted_from_storage_is_caught_by_the_merge() -> None:
     plan = ix.plan(state, now_ns=10, live_from=0)
     with pytest.raises(IntegrityError, match="missing from or were added"):
         ix.apply(state, plan, (rows + more)[1:])
+
+
+def test_many_keywords_spread_over_power_of_two_buckets() -> None:
+    ix = _indexer()
+    words = {f"attr:request.id={i}" for i in range(1000)}
+    epoch = EpochSpans([(0, words)], t_min=1, t_max=1, spans=1000, operations=())
+    state, rows = ix.add_epoch(IndexState(), epoch)
+    assert state.segments[0].rows == len(rows) == 32
+    sizes = [len(ix.codec.open(r)) for r in rows]
+    assert sum(sizes) == 1000 and max(sizes) < 64
 
 
 def test_expired_and_overwritten_segments_are_retired() -> None:

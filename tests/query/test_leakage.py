@@ -5,8 +5,8 @@ journal, the ORAM and the EDB) while spans are ingested and searched.
 Claims checked (SECURITY.md, "Leakage"): no plaintext service name, attribute
 value, span name or trace id reaches storage; a query always reads its budget of
 ORAM paths, whatever matches; the same query twice reads unrelated ORAM paths
-(only its EDB labels repeat); leaves are uniform; rows written after a search
-carry labels that search never looked up (forward privacy).
+(only its EDB slots repeat); leaves are uniform; rows written after a search
+sit at slots that search never looked up (forward privacy).
 """
 
 from __future__ import annotations
@@ -81,13 +81,14 @@ class Harness:
             if sql.lstrip().upper().startswith("SELECT") and "oram_spans" in sql
         ]
 
-    def edb_labels(self, mark: int) -> set[bytes]:
+    def edb_slots(self, mark: int, verb: str = "SELECT") -> set[int]:
+        """EDB slots (segment << 32 | bucket) named by `verb` statements since `mark`."""
         return {
-            bytes(p)
+            p
             for sql, params in self.seen.since(mark)
-            if sql.lstrip().upper().startswith("SELECT") and "edb_spans" in sql
+            if sql.lstrip().upper().startswith(verb) and "edb_spans" in sql
             for p in params
-            if isinstance(p, bytes | memoryview) and len(p) == 16
+            if isinstance(p, int) and p >= 1 << 32
         }
 
     def ingest(self, *requests: Any) -> None:
@@ -197,7 +198,7 @@ def test_every_query_reads_its_budget_whatever_it_matches(harness: Harness) -> N
         assert all(width - 1 <= len(leaves) <= width for leaves in batches), name
 
 
-def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_labels(
+def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_slots(
     harness: Harness,
 ) -> None:
     now = time.time_ns()
@@ -208,12 +209,12 @@ def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_labels(
     for _ in range(2):
         mark = harness.seen.mark()
         assert len(harness.executor.get_trace(door).records) == 3
-        runs.append((set().union(*harness.oram_batches(mark)), harness.edb_labels(mark)))
-    (paths_a, labels_a), (paths_b, labels_b) = runs
+        runs.append((set().union(*harness.oram_batches(mark)), harness.edb_slots(mark)))
+    (paths_a, slots_a), (paths_b, slots_b) = runs
     # 8 random leaves of 1024 each: sharing more than one would be a 1-in-2000 event.
     assert len(paths_a & paths_b) <= 1
-    # The documented search-pattern leakage: the EDB labels of a repeated query repeat.
-    assert labels_a == labels_b and labels_a
+    # The documented search-pattern leakage: the EDB buckets of a repeated query repeat.
+    assert slots_a == slots_b and slots_a
 
 
 def test_leaves_read_by_queries_are_uniform(harness: Harness) -> None:
@@ -234,23 +235,17 @@ def test_leaves_read_by_queries_are_uniform(harness: Harness) -> None:
     assert chisquare(counts).pvalue > 0.001
 
 
-def test_rows_written_after_a_search_carry_labels_it_never_looked_up(harness: Harness) -> None:
+def test_rows_written_after_a_search_sit_at_slots_it_never_looked_up(harness: Harness) -> None:
     now = time.time_ns()
     harness.ingest(trace_request("shop", now, 5)[1])
-    looked_up: set[bytes] = set()
+    looked_up: set[int] = set()
     for _ in range(3):
         mark = harness.seen.mark()
         harness.executor.search(_search("shop", now))
-        looked_up |= harness.edb_labels(mark)
+        looked_up |= harness.edb_slots(mark)
     mark = harness.seen.mark()
     harness.ingest(trace_request("shop", now, 5)[1])
-    written = {
-        bytes(p)
-        for sql, params in harness.seen.since(mark)
-        if "INSERT" in sql.upper() and "edb_spans" in sql
-        for p in params
-        if isinstance(p, bytes | memoryview) and len(p) == 16
-    }
+    written = harness.edb_slots(mark, "INSERT")
     assert written and looked_up
     assert written.isdisjoint(looked_up)
 
@@ -264,11 +259,11 @@ def test_an_altered_index_row_is_an_integrity_error_never_a_wrong_answer(
     door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
     mark = harness.seen.mark()
     harness.executor.get_trace(door)
-    (label,) = harness.edb_labels(mark)
+    (slot,) = harness.edb_slots(mark)
     table = harness.engine.edb.table
     with harness.store.engine.begin() as conn:
-        value = conn.execute(sa.select(table.c.value).where(table.c.label == label)).scalar_one()
+        value = conn.execute(sa.select(table.c.value).where(table.c.slot == slot)).scalar_one()
         flipped = bytes(value[:-1]) + bytes([value[-1] ^ 1])
-        conn.execute(table.update().where(table.c.label == label).values(value=flipped))
+        conn.execute(table.update().where(table.c.slot == slot).values(value=flipped))
     with pytest.raises(IntegrityError, match="index row failed authentication"):
         harness.executor.get_trace(door)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,40 @@ def test_unknown_node_and_missing_credential_say_what_to_do(loaded: Loaded, tmp_
 
 def test_the_credential_file_is_private(loaded: Loaded) -> None:
     assert loaded.node.credential_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_retention_and_unindexed_attributes(tmp_path: Path) -> None:
+    from collector import Node
+    from tests.collector.conftest import node_settings
+    from tests.collector.otlp_helpers import grpc_export
+    from tests.query.conftest import trace_request
+
+    node = Node(node_settings(tmp_path, retention=3600, unindexed_attributes="http.status_code, x"))
+    node.start()
+    try:
+        assert node.grpc is not None and node.query is not None
+        now = time.time_ns()
+        old, req = trace_request("archive", now - 2 * 3600 * 10**9, 5)
+        grpc_export(node.grpc.port, req.SerializeToString())
+        node.flush()  # its own epoch: a segment wholly past the retention, dropped at once
+        new, req = trace_request("archive", now, 5)
+        grpc_export(node.grpc.port, req.SerializeToString())
+        node.flush()
+        endpoint = f"127.0.0.1:{node.query.port}"
+        with QueryClient.connect(endpoint, key_file=node.credential_path) as client:
+            assert _spans(client.fetch_trace(old).data) == []
+            got = client.fetch_trace(new).data
+            assert len(_spans(got)) == 3
+            # Stored and returned, but not searchable: the operator chose not to index it.
+            root = next(
+                s
+                for rs in got.resource_spans
+                for s in rs.scope_spans[0].spans
+                if s.name == "GET /cart"
+            )
+            assert [kv.key for kv in root.attributes] == ["http.status_code"]
+            by_attr = client.search(attributes=[("http.status_code", "200")], start_ns=now - 10**10)
+            assert _spans(by_attr.data) == []
+            assert len(_spans(client.search(service="archive", start_ns=now - 10**10).data)) == 3
+    finally:
+        node.stop()
