@@ -22,9 +22,6 @@ KMS already does (SECURITY.md).
 from __future__ import annotations
 
 import hashlib
-import logging
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +29,17 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy.engine import Engine
 
+from collector._epochs import EpochThread
 from collector._ingest import BlockDevice, IngestEngine
 from collector._journal import Journal
 from oram_store import DirectBlockStore, OramParams, PathOram, SqlBucketStore
-from otrace.errors import ConfigError, InvalidRequest, OTraceError
-from query import EdbCodec, EdbRow, Indexer, QueryBudget, QueryExecutor, QuerySessions
+from otrace.errors import ConfigError, InvalidRequest
+from query import EdbCodec, EdbRow, EdbTable, Indexer, QueryBudget, QueryExecutor, QuerySessions
 from tee import (
     SECURITY_VERSION,
+    EnclaveIdentity,
     KmsClient,
     MonotonicCounter,
     Platform,
@@ -48,12 +48,21 @@ from tee import (
 )
 from tee._enclave import EcallTable
 
-__all__ = ["NODE_SECRETS", "EnclaveConfig", "start"]
+__all__ = [
+    "NODE_SECRETS",
+    "EnclaveConfig",
+    "attest",
+    "derive",
+    "edb_reader",
+    "make_indexer",
+    "node_counter",
+    "open_device",
+    "query_ecalls",
+    "start",
+]
 
 NODE_SECRETS = ("oram_key", "state_key", "index_key")
 TREE_ID = "spans"
-_MAINTENANCE_S = 10.0
-log = logging.getLogger("otrace.enclave")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,11 @@ class EnclaveConfig:
     retention_s: int = 7 * 86400
     trace_reads: int = 16
     search_reads: int = 64
+    # Replica mode (`collector._replica_app`): name, sealed election key file, timeouts.
+    replica: str = ""
+    replica_key_path: str = ""
+    lease_ms: int = 5000
+    election_ms: int = 5000
     unindexed: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
@@ -87,25 +101,17 @@ class EnclaveConfig:
 def start(init: bytes) -> EcallTable:
     """Enclave entry point: attest, open storage, start epochs, return the ecalls."""
     config = EnclaveConfig.from_bytes(init)
-    platform = Platform.open(Path(config.platform_dir))
-    identity = platform.identity(measure_code(), SECURITY_VERSION)
-    with KmsClient.connect(config.kms_target, kms_key=config.kms_key) as kms:
-        secrets = kms.obtain_secrets(platform, identity, NODE_SECRETS)
+    platform, identity, secrets = attest(config)
     sealer = Sealer.from_key(secrets["state_key"])
-    counter_name = "node-" + hashlib.sha256(config.store_url.encode()).hexdigest()[:24]
-    counter = MonotonicCounter(platform, counter_name)
-    device = _open_device(config, secrets["oram_key"], sealer, counter)
-    journal_key = _derive(secrets["state_key"], b"otrace/journal")
+    counter = node_counter(platform, config)
+    device = open_device(config, secrets["oram_key"], sealer, counter)
+    journal_key = derive(secrets["state_key"], b"otrace/journal")
     journal = (
         Journal.sqlite(config.journal_path, journal_key)
         if config.journal_path
         else Journal(device.store.engine, journal_key)  # type: ignore[attr-defined]
     )
-    indexer = Indexer(
-        secrets["index_key"],
-        EdbCodec(_derive(secrets["state_key"], b"otrace/edb-value")),
-        retention_ns=config.retention_s * 10**9,
-    )
+    indexer = make_indexer(config, secrets)
     engine = IngestEngine(
         device, journal, sealer, indexer=indexer, unindexed=frozenset(config.unindexed)
     )
@@ -114,34 +120,65 @@ def start(init: bytes) -> EcallTable:
     )
     executor = QueryExecutor(engine, engine.edb, _edb_reader(engine), indexer, budget=budget)
     sessions = QuerySessions(
-        platform, identity, executor, _derive(secrets["state_key"], b"otrace/analyst-auth")
+        platform, identity, executor, derive(secrets["state_key"], b"otrace/analyst-auth")
     )
-    epochs = _EpochThread(engine, config.epoch_ms / 1000)
+    epochs = EpochThread(engine, config.epoch_ms / 1000)
     epochs.start()
     return {
         **_ecalls(engine, epochs),
-        **_query_ecalls(sessions, secrets["index_key"], identity.measurement, platform),
+        **query_ecalls(sessions, secrets["index_key"], identity.measurement, platform),
     }
 
 
-def _edb_reader(engine: IngestEngine) -> Any:
-    db = engine.device.store.engine  # type: ignore[attr-defined]
+def attest(config: EnclaveConfig) -> tuple[Platform, EnclaveIdentity, dict[str, bytes]]:
+    """This build's identity on the platform, and the node secrets the KMS releases to it."""
+    platform = Platform.open(Path(config.platform_dir))
+    identity = platform.identity(measure_code(), SECURITY_VERSION)
+    with KmsClient.connect(config.kms_target, kms_key=config.kms_key) as kms:
+        secrets = kms.obtain_secrets(platform, identity, NODE_SECRETS)
+    return platform, identity, secrets
 
+
+def node_counter(platform: Platform, config: EnclaveConfig) -> MonotonicCounter:
+    """The ORAM's rollback counter: one per store on this platform."""
+    name = "node-" + hashlib.sha256(config.store_url.encode()).hexdigest()[:24]
+    return MonotonicCounter(platform, name)
+
+
+def make_indexer(config: EnclaveConfig, secrets: dict[str, bytes]) -> Indexer:
+    return Indexer(
+        secrets["index_key"],
+        EdbCodec(derive(secrets["state_key"], b"otrace/edb-value")),
+        retention_ns=config.retention_s * 10**9,
+    )
+
+
+def edb_reader(edb: EdbTable, db: Engine) -> Any:
     def lookup(slots: Any) -> list[EdbRow]:
         with db.connect() as conn:
-            return engine.edb.lookup(conn, slots)
+            return edb.lookup(conn, slots)
 
     return lookup
 
 
-def _derive(secret: bytes, label: bytes) -> bytes:
+def _edb_reader(engine: IngestEngine) -> Any:
+    return edb_reader(engine.edb, engine.device.store.engine)  # type: ignore[attr-defined]
+
+
+def derive(secret: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
 
 
-def _open_device(
-    config: EnclaveConfig, key: bytes, sealer: Sealer, counter: MonotonicCounter
+def open_device(
+    config: EnclaveConfig,
+    key: bytes,
+    sealer: Sealer,
+    counter: MonotonicCounter,
+    *,
+    store: SqlBucketStore | None = None,
 ) -> BlockDevice:
-    store = SqlBucketStore(config.store_url)
+    """Opens the tree, or creates it on first start; refuses changed geometry."""
+    store = store or SqlBucketStore(config.store_url)
     kind: Any = PathOram if config.storage == "oram" else DirectBlockStore
     extra = {"cache_levels": config.cache_levels} if config.storage == "oram" else {}
     if store.load_meta(TREE_ID) is None:
@@ -160,40 +197,7 @@ def _open_device(
     return device  # type: ignore[no-any-return]
 
 
-class _EpochThread(threading.Thread):
-    """Drains the journal every epoch; wakes early when ingest has filled a batch."""
-
-    def __init__(self, engine: IngestEngine, period: float) -> None:
-        super().__init__(name="otrace-epochs", daemon=True)
-        self.engine = engine
-        self.period = period
-        self.wake = threading.Event()
-        self.last_error = ""
-        self.epoch_seconds: list[float] = []
-
-    def run(self) -> None:
-        last_maintenance = time.monotonic()
-        while True:
-            self.wake.wait(self.period)
-            self.wake.clear()
-            try:
-                while (report := self.engine.drain_once()) is not None:
-                    self.epoch_seconds.append(report.seconds)
-                # Epochs maintain the index after each write; an idle node still has to
-                # drop segments as they pass the retention.
-                if time.monotonic() - last_maintenance > _MAINTENANCE_S:
-                    self.engine.maintain()
-                    last_maintenance = time.monotonic()
-                self.last_error = ""
-            except Exception as exc:
-                # The journal still holds the spans: retry later. Only otrace's own
-                # messages are kept; another exception's text might hold enclave data.
-                self.last_error = str(exc) if isinstance(exc, OTraceError) else type(exc).__name__
-                log.error("epoch failed, will retry: %s", self.last_error)
-                time.sleep(min(5.0, self.period * 5))
-
-
-def _ecalls(engine: IngestEngine, epochs: _EpochThread) -> EcallTable:
+def _ecalls(engine: IngestEngine, epochs: EpochThread) -> EcallTable:
     def ingest(payload: bytes) -> bytes:
         items = [(str(ct), bytes(body)) for ct, body in cbor2.loads(payload)]
         outcomes = engine.ingest(items)
@@ -226,7 +230,7 @@ def _ecalls(engine: IngestEngine, epochs: _EpochThread) -> EcallTable:
     return {"ingest": ingest, "flush": flush, "scan": scan, "stats": stats}
 
 
-def _query_ecalls(
+def query_ecalls(
     sessions: QuerySessions, index_key: bytes, measurement: bytes, platform: Platform
 ) -> EcallTable:
     def query_open(payload: bytes) -> bytes:

@@ -49,7 +49,14 @@ from query import (
 )
 from tee import StateSealer
 
-__all__ = ["BlockDevice", "EpochReport", "IngestEngine", "IngestOutcome", "IngestState"]
+__all__ = [
+    "BlockDevice",
+    "EpochReport",
+    "IngestEngine",
+    "IngestOutcome",
+    "IngestState",
+    "journal_requests",
+]
 
 _STATE = "ingest"
 _INDEX = "index"
@@ -122,6 +129,7 @@ class IngestEngine:
         max_epoch_bytes: int = 4 << 20,
         unindexed: frozenset[str] = frozenset(),
         clock: Callable[[], int] = time.time_ns,
+        fence: TransactionHook | None = None,
     ) -> None:
         self.device = device
         self.journal = journal
@@ -134,6 +142,8 @@ class IngestEngine:
         self._max_bytes = max_epoch_bytes
         self._unindexed = unindexed
         self._clock = clock
+        # Runs first in every device commit (a replica's term check); None on a single node.
+        self._fence = fence
         # Reentrant: the query executor holds it across its index reads and block reads.
         self.lock = threading.RLock()
         self.state = self._load_state()
@@ -144,22 +154,7 @@ class IngestEngine:
 
     def ingest(self, items: Sequence[tuple[str, bytes]]) -> list[IngestOutcome]:
         """Validates each request and journals the valid spans of all of them in one commit."""
-        outcomes: list[IngestOutcome] = []
-        payloads: list[bytes] = []
-        for content_type, body in items:
-            try:
-                request = decode_request(body, content_type)
-            except InvalidRequest as exc:
-                outcomes.append(IngestOutcome(False, message=str(exc)))
-                continue
-            checked = validate(request, self._limits)
-            if checked.accepted:
-                untouched = checked.rejected == 0 and content_type == PROTOBUF
-                payloads.append(body if untouched else checked.request.SerializeToString())
-            outcomes.append(IngestOutcome(True, checked.accepted, checked.rejected, checked.reason))
-        if payloads:
-            self.journal.append(payloads)
-        return outcomes
+        return journal_requests(self.journal, items, self._limits)
 
     def journal_depth(self) -> int:
         return self.journal.last_seq - self.state.watermark
@@ -343,6 +338,8 @@ class IngestEngine:
         done: list[tuple[IngestState, IndexState]],
     ) -> TransactionHook:
         def save(txn: TreeTransaction, seq: int) -> None:
+            if self._fence is not None:
+                self._fence(txn, seq)  # refused: the whole batch rolls back
             index = self.index
             if work is not None:
                 index = work(txn.connection)  # type: ignore[attr-defined]
@@ -406,6 +403,31 @@ def _up_to_bytes(entries: list[tuple[int, bytes]], limit: int) -> list[tuple[int
         if total > limit and i:
             return entries[:i]
     return entries
+
+
+def journal_requests(
+    journal: Journal, items: Sequence[tuple[str, bytes]], limits: Limits
+) -> list[IngestOutcome]:
+    """Validates each request and journals the valid spans of all of them in one commit.
+
+    Needs no block device: replicas that do not lead the term ingest with this alone.
+    """
+    outcomes: list[IngestOutcome] = []
+    payloads: list[bytes] = []
+    for content_type, body in items:
+        try:
+            request = decode_request(body, content_type)
+        except InvalidRequest as exc:
+            outcomes.append(IngestOutcome(False, message=str(exc)))
+            continue
+        checked = validate(request, limits)
+        if checked.accepted:
+            untouched = checked.rejected == 0 and content_type == PROTOBUF
+            payloads.append(body if untouched else checked.request.SerializeToString())
+        outcomes.append(IngestOutcome(True, checked.accepted, checked.rejected, checked.reason))
+    if payloads:
+        journal.append(payloads)
+    return outcomes
 
 
 # Fixed size, so counters never show in the row length; the version refuses older layouts.

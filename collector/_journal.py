@@ -6,6 +6,17 @@ as associated data, the plaintext padded to a power-of-two size class (at
 least 1 KiB) so row sizes reveal only a coarse request size. Many requests
 commit in one transaction (group commit). The drainer reads entries after the
 watermark it committed with the ORAM; entries at or below it are deleted.
+
+Several processes may append to one journal (collector replicas sharing a
+PostgreSQL store). Sequence numbers are allocated inside the insert's own
+transaction from the single-row `ingest_journal_head` (`UPDATE ... SET
+last_seq = last_seq + n`): the row lock serialises appenders, so entries
+commit in sequence order and readers only ever see a contiguous prefix; an
+aborted append rolls its allocation back with it, so numbering never skips.
+A hole in the middle is therefore never legitimate and `read_after` still
+reports it as an `IntegrityError`. (A database SEQUENCE would leave gaps on
+rollback and let a later number commit before an earlier one.) The head also
+survives truncation, so numbering continues after the journal was emptied.
 """
 
 from __future__ import annotations
@@ -45,24 +56,39 @@ class Journal:
         self._aead = AESGCM(key)
         self._lock = threading.Lock()
         meta = sa.MetaData()
+        seq_type = sa.BigInteger().with_variant(sa.Integer, "sqlite")
         self._table = sa.Table(
             "ingest_journal",
             meta,
-            sa.Column(
-                "seq",
-                sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                primary_key=True,
-                autoincrement=False,
-            ),
+            sa.Column("seq", seq_type, primary_key=True, autoincrement=False),
             sa.Column("blob", sa.LargeBinary, nullable=False),
+        )
+        self._head = sa.Table(
+            "ingest_journal_head",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("last_seq", seq_type, nullable=False),
         )
         try:
             meta.create_all(engine)
-            with engine.connect() as conn:
-                last = conn.execute(sa.select(sa.func.max(self._table.c.seq))).scalar()
+            self._next = self._create_head() + 1
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open the ingest journal: {exc}") from exc
-        self._next = (last or 0) + 1
+
+    def _create_head(self) -> int:
+        """The head's value, creating the row (from the newest entry) if it is missing."""
+        with self._engine.begin() as conn:
+            last = conn.execute(sa.select(self._head.c.last_seq)).scalar()
+            if last is not None:
+                return int(last)
+            newest = conn.execute(sa.select(sa.func.max(self._table.c.seq))).scalar() or 0
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(self._head.insert(), {"id": 1, "last_seq": newest})
+        except sa.exc.IntegrityError:
+            pass  # another process created it first
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(self._head.c.last_seq)).scalar_one())
 
     @classmethod
     def sqlite(cls, path: str, key: bytes) -> Journal:
@@ -81,27 +107,49 @@ class Journal:
 
     def resume_after(self, watermark: int) -> None:
         """Numbers new entries after `watermark`, even when every entry was truncated."""
-        with self._lock:
-            self._next = max(self._next, watermark + 1)
+        h = self._head
+        try:
+            with self._lock, self._engine.begin() as conn:
+                conn.execute(h.update().where(h.c.last_seq < watermark).values(last_seq=watermark))
+                self._next = max(self._next, watermark + 1)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot advance the ingest journal head: {exc}") from exc
 
     @property
     def last_seq(self) -> int:
+        """The newest sequence number this process appended or saw allocated."""
         return self._next - 1
 
     def append(self, payloads: Sequence[bytes]) -> list[int]:
         """Durably appends `payloads` in one transaction; returns their sequence numbers."""
+        if not payloads:
+            return []
+        h = self._head
+        allocate = h.update().values(last_seq=h.c.last_seq + len(payloads)).returning(h.c.last_seq)
         with self._lock:
-            seqs = list(range(self._next, self._next + len(payloads)))
-            rows = [
-                {"seq": s, "blob": self._seal(s, p)} for s, p in zip(seqs, payloads, strict=True)
-            ]
             try:
                 with self._engine.begin() as conn:
+                    # Locks the head row until this transaction ends (see the module docstring).
+                    last = int(conn.execute(allocate).scalar_one())
+                    seqs = list(range(last - len(payloads) + 1, last + 1))
+                    rows = [
+                        {"seq": s, "blob": self._seal(s, p)}
+                        for s, p in zip(seqs, payloads, strict=True)
+                    ]
                     conn.execute(self._table.insert(), rows)
             except sa.exc.SQLAlchemyError as exc:
                 raise StorageError(f"the ingest journal refused a write: {exc}") from exc
-            self._next += len(payloads)
+            self._next = max(self._next, last + 1)
         return seqs
+
+    def pending(self) -> int:
+        """Entries stored now (not yet truncated), whoever appended them."""
+        try:
+            with self._engine.connect() as conn:
+                count = sa.select(sa.func.count()).select_from(self._table)
+                return int(conn.execute(count).scalar_one())
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot read the ingest journal: {exc}") from exc
 
     def read_after(self, watermark: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` entries after `watermark`, in order; a gap is an `IntegrityError`."""

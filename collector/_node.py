@@ -6,8 +6,12 @@
 The embedded KMS runs in the node's own process on a loopback port and trusts
 the local operator: on start it makes sure its policy releases the node
 secrets to *this build's* measurement (replacing the rule for an older build),
-signed with an owner key kept in the platform directory. A cluster uses
-`otrace kms serve` instead, where measurements are approved explicitly.
+signed with an owner key kept in the platform directory.
+
+A replica (`settings.replica`) attests to an external `otrace kms serve`
+instead, where measurements are approved explicitly, runs the replica
+enclave (`collector._replica_app`), joins the cluster once its listeners are
+up, and relays query sessions to the term's leader (`QueryServer(route=...)`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collector._group_commit import GroupCommitter
 from collector._grpc_receiver import GrpcReceiver, TlsFiles
 from collector._http_receiver import HttpReceiver
 from collector._metrics import MetricsServer
-from otrace.errors import ConfigError, UnavailableError
+from otrace.errors import ConfigError, OTraceError, UnavailableError
 from otrace.settings import Settings
 from query import AnalystCredential, QueryServer
 from tee import (
@@ -50,6 +54,7 @@ __all__ = ["Node"]
 
 log = logging.getLogger("otrace.node")
 ENCLAVE_ENTRY = "collector._enclave_app:start"
+REPLICA_ENTRY = "collector._replica_app:start"
 
 
 class Node:
@@ -84,19 +89,23 @@ class Node:
         tls, ssl_context = _tls(s), _ssl_context(s)
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         platform = Platform.open(s.platform_dir)
-        kms = _embedded_kms(platform, s.platform_dir)
-        self._kms_server = serve_kms(kms, "127.0.0.1:0")
-        self.kms_target, self.kms_key = f"127.0.0.1:{self._kms_server.port}", kms.public_key
+        if s.replica:
+            self.kms_target, self.kms_key = s.kms, bytes.fromhex(s.kms_key)
+        else:
+            kms = _embedded_kms(platform, s.platform_dir)
+            self._kms_server = serve_kms(kms, "127.0.0.1:0")
+            self.kms_target, self.kms_key = f"127.0.0.1:{self._kms_server.port}", kms.public_key
         # Three enclave threads: ingest, queries and stats never wait behind each other.
         self.enclave = Enclave(
-            ENCLAVE_ENTRY,
-            self._enclave_config(kms).to_bytes(),
+            REPLICA_ENTRY if s.replica else ENCLAVE_ENTRY,
+            self._enclave_config().to_bytes(),
             audit=self._audit,
             timeout=600.0,
             threads=3,
         )
         self.enclave.start()
-        self.query = QueryServer(self.enclave.call, s.query)
+        route = self._route if s.replica else None
+        self.query = QueryServer(self.enclave.call, s.query, route=route)
         self._write_credential(self.query.port)
         self.committer = GroupCommitter(self.enclave.call, max_pending=s.max_pending_requests)
         self.grpc = GrpcReceiver(
@@ -117,16 +126,38 @@ class Node:
         self.http.start()
         if s.metrics:
             self.metrics = MetricsServer(s.metrics, self.committer, self.enclave.call)
+        if s.replica:
+            self._join_cluster()
         log.info("otrace node up: OTLP/gRPC :%s, OTLP/HTTP :%s", self.grpc.port, self.http.port)
 
-    def _enclave_config(self, kms: Kms) -> EnclaveConfig:
+    def _join_cluster(self) -> None:
+        """Registers and announces this replica, then its enclave starts electing."""
+        assert self.enclave is not None and self.query is not None and self.grpc is not None
+        host = self.settings.advertise or self.settings.query.rpartition(":")[0] or "127.0.0.1"
+        if host in {"0.0.0.0", "::", "[::]"}:
+            host = "127.0.0.1"
+        endpoints = {"query": f"{host}:{self.query.port}", "otlp": self.grpc.address}
+        self.enclave.call("cluster_join", cbor2.dumps(endpoints))
+        log.info("replica %s joined the cluster", self.settings.replica)
+
+    def _route(self) -> str | None:
+        """The leader's query API when another replica leads (asked per query session)."""
+        if self.enclave is None:
+            return None
+        try:
+            forward = cbor2.loads(self.enclave.call("cluster_route"))["forward"]
+        except OTraceError:
+            return None
+        return None if forward is None else str(forward)
+
+    def _enclave_config(self) -> EnclaveConfig:
         s = self.settings
         return EnclaveConfig(
             store_url=s.store_url,
             journal_path="" if s.store else str(s.data_dir / "journal.sqlite"),
             platform_dir=str(s.platform_dir),
-            kms_target=f"127.0.0.1:{self._kms_server.port if self._kms_server else 0}",
-            kms_key=kms.public_key,
+            kms_target=self.kms_target,
+            kms_key=self.kms_key,
             storage=s.storage,
             blocks=s.oram_blocks,
             block_size=s.block_size,
@@ -137,6 +168,10 @@ class Node:
             trace_reads=s.trace_reads,
             search_reads=s.search_reads,
             unindexed=s.unindexed_keys,
+            replica=s.replica,
+            replica_key_path=str(s.data_dir / "replica.key") if s.replica else "",
+            lease_ms=s.lease_ms,
+            election_ms=s.election_ms,
         )
 
     def _write_credential(self, port: int) -> None:

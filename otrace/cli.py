@@ -12,6 +12,7 @@ import click
 
 from otrace import __version__
 from otrace.bench._cli import bench
+from otrace.cli_cluster import cluster
 from otrace.cli_faas import faas
 from otrace.cli_query import operations, search, services, trace
 from otrace.cli_serve import serve
@@ -41,6 +42,7 @@ cli.add_command(kms)
 cli.add_command(bench)
 cli.add_command(faas)
 cli.add_command(loadtest)
+cli.add_command(cluster)
 
 
 def main() -> None:

@@ -71,6 +71,36 @@ __all__ = ["serve"]
     "issued by this platform's producer CA (needs --tls-cert/--tls-key). [off]",
 )
 @click.option(
+    "--replica",
+    metavar="NAME",
+    help="Run as replica NAME of a cluster: share --store (PostgreSQL) with the other "
+    "replicas, get the keys from --kms; any replica ingests and answers queries, the "
+    "elected leader alone writes the ORAM. [single node]",
+)
+@click.option(
+    "--kms",
+    metavar="HOST:PORT",
+    help="A replica's KMS (`otrace kms serve`), whose policy releases oram_key, state_key "
+    "and index_key to this build. Env: OTRACE_KMS.",
+)
+@click.option("--kms-key", metavar="HEX", help="The KMS public key to pin (printed by it).")
+@click.option(
+    "--lease",
+    "lease_ms",
+    help="Leader lease, e.g. 5s: a leader that misses heartbeats this long is replaced "
+    "(every replica of a cluster needs the same value). [5s]",
+)
+@click.option(
+    "--election-timeout",
+    "election_ms",
+    help="How long a term may stay unclaimed before the next one opens. [5s]",
+)
+@click.option(
+    "--advertise",
+    metavar="HOST",
+    help="Host the other replicas reach this replica's query API at. [--query's host]",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -83,6 +113,12 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     http://127.0.0.1:4317). Every setting can also come from an OTRACE_*
     environment variable (OTRACE_DATA_DIR, OTRACE_STORE, OTRACE_AUTH_TOKEN
     for a bearer token, ...) or a TOML --config file; flags win.
+
+    \b
+    A cluster of replicas (each with its own --data-dir, one shared store):
+      otrace serve --replica a --store postgresql+psycopg://u@db/otrace \\
+          --kms 10.0.0.5:7750 --kms-key HEX --otlp-grpc 0.0.0.0:4317
+    See `otrace cluster status` and README "Running a cluster".
     """
     from collector import Node
 
@@ -106,7 +142,9 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     assert node.query is not None
     table.add_row("query API", f"127.0.0.1:{node.query.port}  (otrace search / otrace trace)")
     table.add_row("analyst key", str(node.credential_path))
-    table.add_row("storage", f"{settings.storage} at {settings.store_url}")
+    table.add_row("storage", f"{settings.storage} at {_without_password(settings.store_url)}")
+    if settings.replica:
+        table.add_row("replica", f"{settings.replica} (KMS {settings.kms}; leader elected)")
     console.print(table)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,3 +152,12 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     stop.wait()
     console.print("stopping: finishing queued Exports")
     node.stop()
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+        return "(store URL)"

@@ -51,6 +51,13 @@ class Settings:
     tls_client_ca: str = ""
     # mTLS with the platform's producer CA (tee.ProducerCa): only attested producers export.
     require_attested_producers: bool = False
+    # Cluster replica (`otrace serve --replica NAME`): shared PostgreSQL store, external KMS.
+    replica: str = ""
+    kms: str = ""  # HOST:PORT of `otrace kms serve`
+    kms_key: str = ""  # the KMS's public key (hex) to pin
+    lease_ms: int = 5000  # leader lease; a lapsed lease starts a new term
+    election_ms: int = 5000  # how long a term may stay unclaimed
+    advertise: str = ""  # host other replicas reach this one's query API at [--query's host]
 
     def __post_init__(self) -> None:
         if self.storage not in {"oram", "encrypted"}:
@@ -66,8 +73,11 @@ class Settings:
                 "require_attested_producers uses the producer CA as client CA; "
                 "do not set tls_client_ca as well"
             )
+        self._check_replica()
         for name in (
             "max_request_bytes",
+            "lease_ms",
+            "election_ms",
             "epoch_ms",
             "oram_blocks",
             "oram_batch",
@@ -86,6 +96,29 @@ class Settings:
                     f"{name} ({reads}) must split into {batches} equal batches of at most "
                     f"oram_batch ({self.oram_batch}) reads: pick a multiple of {batches}"
                 )
+
+    def _check_replica(self) -> None:
+        if not self.replica:
+            return
+        if not self.replica.isprintable() or not 0 < len(self.replica) <= 64:
+            raise ConfigError("a replica name is 1 to 64 printable characters")
+        if not self.store.startswith("postgresql"):
+            raise ConfigError(
+                "replicas share one PostgreSQL store: pass --store postgresql+psycopg://..."
+            )
+        if not self.kms:
+            raise ConfigError("a replica attests to `otrace kms serve`: pass --kms HOST:PORT")
+        try:
+            key = bytes.fromhex(self.kms_key)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(
+                "a replica pins the KMS key: pass --kms-key with the 64 hex digits "
+                "`otrace kms serve` printed"
+            )
+        if self.storage != "oram":
+            raise ConfigError("replicas run with --storage oram only")
 
     @property
     def unindexed_keys(self) -> tuple[str, ...]:
@@ -138,7 +171,8 @@ def _coerce(name: str, value: Any) -> Any:
     if kind == "int":
         if name == "max_request_bytes":
             return parse_size(value)
-        if name == "epoch_ms" and isinstance(value, str) and not value.isdigit():
+        durations = {"epoch_ms", "lease_ms", "election_ms"}
+        if name in durations and isinstance(value, str) and not value.isdigit():
             return round(parse_duration(value) * 1000)
         if name == "retention" and isinstance(value, str) and not value.isdigit():
             return round(parse_duration(value))

@@ -4,6 +4,13 @@ The host sees only the handshake (nonce, quote, public keys) and sealed
 records; it forwards each frame of a `Session` stream to one ecall
 (`query_open`, `query_call`, `query_close`) and cannot read or forge queries
 or answers. Errors cross as status details `"<ClassName>: <message>"`.
+
+On a collector replica that does not lead the term, `route()` names the
+leader's query API and the session is relayed there byte for byte instead:
+the client attests and keys the channel with the leader's enclave, so the
+relaying host learns no more than a relaying network does. A relayed stream
+carries `otrace-relayed` metadata and is never relayed again (no loops when
+two replicas briefly disagree about who leads).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from otrace import errors
 from otrace.errors import OTraceError, UnavailableError
 from query._protocol import SESSION_METHOD, decode, encode
 
-__all__ = ["MAX_MESSAGE", "QueryServer"]
+__all__ = ["MAX_MESSAGE", "QueryServer", "Route"]
 
 MAX_MESSAGE = 64 << 20
 _STATUS = {
@@ -29,11 +36,19 @@ _STATUS = {
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
 }
 EnclaveCall = Callable[[str, bytes], bytes]
+Route = Callable[[], str | None]  # the leader's query API, or None to serve here
+_RELAYED = "otrace-relayed"
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
 
 
 class _Relay(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, call: EnclaveCall) -> None:
+    def __init__(self, call: EnclaveCall, route: Route | None) -> None:
         self._call = call
+        self._route = route
+        self._channels: dict[str, Any] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if details.method == SESSION_METHOD:
@@ -41,6 +56,31 @@ class _Relay(grpc.GenericRpcHandler):  # type: ignore[misc]
         return None
 
     def _session(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        relayed = any(k == _RELAYED for k, _ in context.invocation_metadata() or ())
+        target = None if relayed or self._route is None else self._route()
+        if target is not None:
+            yield from self._forward(target, frames, context)
+        else:
+            yield from self._serve(frames, context)
+
+    def _forward(
+        self, target: str, frames: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.insecure_channel(target, options=_OPTIONS)
+        upstream = channel.stream_stream(SESSION_METHOD)(frames, metadata=((_RELAYED, "1"),))
+        context.add_callback(upstream.cancel)
+        try:
+            yield from upstream
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNAVAILABLE
+            detail = exc.details() if isinstance(exc, grpc.Call) else ""
+            if code == grpc.StatusCode.UNAVAILABLE and ": " not in (detail or ""):
+                detail = f"UnavailableError: the leader's query API at {target} is unreachable"
+            context.abort(code, detail or "UnavailableError: relay to the leader failed")
+
+    def _serve(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         sid: int | None = None
         try:
             first = decode(next(frames, b""), "handshake")
@@ -77,14 +117,13 @@ class _Relay(grpc.GenericRpcHandler):  # type: ignore[misc]
 class QueryServer:
     """Listens on `listen` (port 0 picks one); `port` is the bound port."""
 
-    def __init__(self, call: EnclaveCall, listen: str, *, workers: int = 16) -> None:
+    def __init__(
+        self, call: EnclaveCall, listen: str, *, workers: int = 16, route: Route | None = None
+    ) -> None:
         self._server: Any = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otrace-query"),
-            handlers=[_Relay(call)],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
+            handlers=[_Relay(call, route)],
+            options=_OPTIONS,
         )
         try:
             self.port = int(self._server.add_insecure_port(listen))
