@@ -35,6 +35,7 @@ from collector._otlp import PROTOBUF, Limits, decode_request, validate
 from oram_store import OramParams, Read, TransactionHook, TreeTransaction, Write
 from otrace.errors import ConfigError, IntegrityError, InvalidRequest
 from query import (
+    EdbRow,
     EdbTable,
     EpochSpans,
     Indexer,
@@ -144,8 +145,12 @@ class IngestEngine:
         self._clock = clock
         # Runs first in every device commit (a replica's term check); None on a single node.
         self._fence = fence
-        # Reentrant: the query executor holds it across its index reads and block reads.
+        # `lock` guards the device and the index for one batch (reentrant: the query
+        # executor holds it across a whole query); `_drain_lock` lets one epoch or
+        # maintenance pass run at a time, and their CPU work (packing, index rows,
+        # merges) happens outside `lock`, so queries wait for a batch, not an epoch.
         self.lock = threading.RLock()
+        self._drain_lock = threading.Lock()
         self.state = self._load_state()
         self.index = self._load_index()
         journal.resume_after(self.state.watermark)
@@ -163,39 +168,42 @@ class IngestEngine:
 
     def drain_once(self) -> EpochReport | None:
         """Runs one epoch if the journal holds anything; returns what it stored."""
-        with self.lock:
-            started = time.perf_counter()
-            st = self.state
-            if st.pending is not None:
-                first, last, done, base = st.pending
-                entries = self.journal.read_after(first - 1, last - first + 1)
-                if len(entries) != last - first + 1:
-                    # Repacking fewer entries would not reproduce the blocks already written.
-                    raise IntegrityError(
-                        f"ingest journal entries {first}..{last} of a half-written epoch are "
-                        "missing from storage"
-                    )
-            else:
-                entries = _up_to_bytes(
-                    self.journal.read_after(st.watermark, self._max_entries), self._max_bytes
-                )
-                if not entries:
-                    return None
-                first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
-            records = [
-                rec
-                for _, body in entries
-                for rec in records_from_request(
-                    ExportTraceServiceRequest.FromString(body), self._unindexed
-                )
-            ]
-            blocks = pack_blocks(records, self.device.params.block_size)
-            self._write_epoch(blocks, (first, last, done, base), len(records))
+        with self._drain_lock:
+            report = self._drain()
+        if report is not None:
             self.maintain()
-            self.journal.truncate(last)
-            return EpochReport(
-                len(entries), len(records), len(blocks), time.perf_counter() - started
+        return report
+
+    def _drain(self) -> EpochReport | None:
+        started = time.perf_counter()
+        st = self.state
+        if st.pending is not None:
+            first, last, done, base = st.pending
+            entries = self.journal.read_after(first - 1, last - first + 1)
+            if len(entries) != last - first + 1:
+                # Repacking fewer entries would not reproduce the blocks already written.
+                raise IntegrityError(
+                    f"ingest journal entries {first}..{last} of a half-written epoch are "
+                    "missing from storage"
+                )
+        else:
+            entries = _up_to_bytes(
+                self.journal.read_after(st.watermark, self._max_entries), self._max_bytes
             )
+            if not entries:
+                return None
+            first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
+        records = [
+            rec
+            for _, body in entries
+            for rec in records_from_request(
+                ExportTraceServiceRequest.FromString(body), self._unindexed
+            )
+        ]
+        blocks = pack_blocks(records, self.device.params.block_size)
+        self._write_epoch(blocks, (first, last, done, base), len(records))
+        self.journal.truncate(last)
+        return EpochReport(len(entries), len(records), len(blocks), time.perf_counter() - started)
 
     def drain_all(self) -> int:
         """Drains until the journal is empty; returns the number of epochs run."""
@@ -256,21 +264,31 @@ class IngestEngine:
         return write
 
     def maintain(self) -> bool:
-        """Compaction and retention: drops expired or overwritten segments, merges one group."""
-        with self.lock:
-            plan = self.indexer.plan(self.index, self._clock(), self.live_from())
+        """Compaction and retention: drops expired or overwritten segments, merges one group.
+
+        Only epochs and maintenance change the index, one at a time, so the merge is
+        computed from rows read outside the device lock, which is then held only to
+        commit (delete, insert, sealed state) with one padding read."""
+        with self._drain_lock:
+            index = self.index
+            plan = self.indexer.plan(index, self._clock(), self.live_from())
             if not plan:
                 return False
+            merging = [s.id for s in plan.merge]
+            old = self._read_segments(merging) if merging else []
+            new_index, rows = self.indexer.apply(index, plan, old)
 
             def work(conn: Any) -> IndexState:
-                old = self.edb.segment_rows(conn, [s.id for s in plan.merge])
-                index, rows = self.indexer.apply(self.index, plan, old)
                 self.edb.delete_segments(conn, [s.id for s in (*plan.retire, *plan.merge)])
                 self.edb.insert(conn, rows)
-                return index
+                return new_index
 
             self._access([self._padding_read()], self.state, work)
             return True
+
+    def _read_segments(self, segments: Sequence[int]) -> list[EdbRow]:
+        with self.device.store.engine.connect() as conn:  # type: ignore[attr-defined]
+            return self.edb.segment_rows(conn, segments)
 
     def _padding_read(self) -> Read:
         return Read(secrets.randbelow(self.device.params.blocks))
@@ -325,10 +343,11 @@ class IngestEngine:
         and the sealed ingest state is bound to the commit number, so each batch
         re-seals it in the same transaction, with the index change `work` if any."""
         done: list[tuple[IngestState, IndexState]] = []
-        results = self.device.access_batch(
-            ops, in_transaction=self._saver(state, work, done), paths=paths
-        )
-        self.state, self.index = done[0]
+        with self.lock:
+            results = self.device.access_batch(
+                ops, in_transaction=self._saver(state, work, done), paths=paths
+            )
+            self.state, self.index = done[0]
         return results
 
     def _saver(
