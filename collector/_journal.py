@@ -6,6 +6,14 @@ as associated data, the plaintext padded to a power-of-two size class (at
 least 1 KiB) so row sizes reveal only a coarse request size. Many requests
 commit in one transaction (group commit). The drainer reads entries after the
 watermark it committed with the ORAM; entries at or below it are deleted.
+
+Freshness: a sealed *head* (the last sequence number appended) is rewritten
+in the same transaction as every append, and a monotonic counter outside the
+data directory is advanced to it after the commit, before the Export is
+answered. So the storage can neither drop the newest entries (the head names
+them), nor put back an older head with them (the counter is ahead), nor roll
+the whole journal back (ditto). Checked when the journal is opened, when the
+ingest engine resumes from its watermark, and on every drain.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
@@ -21,12 +30,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from otrace.errors import ConfigError, IntegrityError, StorageError
+from otrace.errors import ConfigError, IntegrityError, RollbackError, StorageError
 
-__all__ = ["Journal", "size_class"]
+__all__ = ["Journal", "JournalCounter", "size_class"]
 
 _LEN = struct.Struct("<I")
 _MIN_CLASS = 1024
+_HEAD = struct.Struct("<BQ")  # layout version, last sequence number appended
+_HEAD_VERSION = 1
+_HEAD_AD = b"otrace-journal-head\x00"
+
+
+class JournalCounter(Protocol):
+    """A monotonic counter (`tee.MonotonicCounter`) holding the last sequence number appended."""
+
+    def current(self) -> int: ...
+
+    def advance(self, value: int) -> None: ...
 
 
 def size_class(length: int) -> int:
@@ -36,36 +56,43 @@ def size_class(length: int) -> int:
 
 
 class Journal:
-    """Append-only encrypted journal over one SQL table."""
+    """Append-only encrypted journal over one SQL table, with a sealed head."""
 
-    def __init__(self, engine: Engine, key: bytes) -> None:
+    def __init__(
+        self, engine: Engine, key: bytes, *, counter: JournalCounter | None = None
+    ) -> None:
         if len(key) != 32:
             raise ConfigError("the journal key must be 32 bytes")
         self._engine = engine
         self._aead = AESGCM(key)
+        self._counter = counter
         self._lock = threading.Lock()
         meta = sa.MetaData()
+        seq_type = sa.BigInteger().with_variant(sa.Integer, "sqlite")
         self._table = sa.Table(
             "ingest_journal",
             meta,
-            sa.Column(
-                "seq",
-                sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                primary_key=True,
-                autoincrement=False,
-            ),
+            sa.Column("seq", seq_type, primary_key=True, autoincrement=False),
+            sa.Column("blob", sa.LargeBinary, nullable=False),
+        )
+        self._heads = sa.Table(
+            "ingest_journal_head",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("blob", sa.LargeBinary, nullable=False),
         )
         try:
             meta.create_all(engine)
             with engine.connect() as conn:
                 last = conn.execute(sa.select(sa.func.max(self._table.c.seq))).scalar()
+                head = self._read_head(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open the ingest journal: {exc}") from exc
-        self._next = (last or 0) + 1
+        self._head = self._check_open(head, last)
+        self._next = self._head + 1
 
     @classmethod
-    def sqlite(cls, path: str, key: bytes) -> Journal:
+    def sqlite(cls, path: str, key: bytes, *, counter: JournalCounter | None = None) -> Journal:
         """A journal in its own SQLite file (WAL, fsync on commit)."""
         engine = sa.create_engine(f"sqlite:///{path}")
 
@@ -77,52 +104,87 @@ class Journal:
             cur.execute("PRAGMA busy_timeout=10000")
             cur.close()
 
-        return cls(engine, key)
+        return cls(engine, key, counter=counter)
 
     def resume_after(self, watermark: int) -> None:
-        """Numbers new entries after `watermark`, even when every entry was truncated."""
+        """Checks that every entry after `watermark` (what the ORAM holds) up to the head is
+        present, then numbers new entries after the head."""
         with self._lock:
-            self._next = max(self._next, watermark + 1)
+            if watermark > self._head:
+                raise RollbackError(
+                    f"the ingest journal ends at entry {self._head} but the ORAM already holds "
+                    f"entries up to {watermark}: the journal was rolled back or replaced"
+                )
+            t = self._table
+            query = sa.select(sa.func.count()).where(t.c.seq > watermark, t.c.seq <= self._head)
+            try:
+                with self._engine.connect() as conn:
+                    present = int(conn.execute(query).scalar() or 0)
+            except sa.exc.SQLAlchemyError as exc:
+                raise StorageError(f"cannot read the ingest journal: {exc}") from exc
+            if present != self._head - watermark:
+                raise IntegrityError(
+                    f"ingest journal entries after {watermark} up to its sealed head "
+                    f"{self._head}: {self._head - watermark - present} of "
+                    f"{self._head - watermark} are missing from storage (deleted or truncated)"
+                )
 
     @property
     def last_seq(self) -> int:
         return self._next - 1
 
     def append(self, payloads: Sequence[bytes]) -> list[int]:
-        """Durably appends `payloads` in one transaction; returns their sequence numbers."""
+        """Durably appends `payloads` and advances the sealed head, in one transaction, then
+        the monotonic counter; returns their sequence numbers."""
         with self._lock:
             seqs = list(range(self._next, self._next + len(payloads)))
             rows = [
                 {"seq": s, "blob": self._seal(s, p)} for s, p in zip(seqs, payloads, strict=True)
             ]
+            head = seqs[-1] if seqs else self._head
             try:
                 with self._engine.begin() as conn:
                     conn.execute(self._table.insert(), rows)
+                    self._write_head(conn, head)
             except sa.exc.SQLAlchemyError as exc:
                 raise StorageError(f"the ingest journal refused a write: {exc}") from exc
             self._next += len(payloads)
+            self._head = head
+            if self._counter is not None:
+                # After the commit: a crash in between leaves the head ahead of the
+                # counter, which opening accepts; the Export is not answered yet.
+                self._counter.advance(head)
         return seqs
 
     def read_after(self, watermark: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` entries after `watermark`, in order; a gap is an `IntegrityError`."""
+        """Up to `limit` entries after `watermark`, in order. A gap, or fewer entries than
+        the sealed head names, is an `IntegrityError`; an older head a `RollbackError`."""
         t = self._table
         query = (
             sa.select(t.c.seq, t.c.blob).where(t.c.seq > watermark).order_by(t.c.seq).limit(limit)
         )
         try:
             with self._engine.connect() as conn:
+                head = self._read_head(conn)
                 rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot read the ingest journal: {exc}") from exc
+        stored = self._check_stored_head(head)
         out = []
         for expected, (seq, blob) in enumerate(rows, start=watermark + 1):
             if seq != expected:
                 raise IntegrityError(f"ingest journal entry {expected} is missing from storage")
             out.append((seq, self._open(seq, bytes(blob))))
+        wanted = min(limit, stored - watermark)
+        if len(out) < wanted:
+            raise IntegrityError(
+                f"ingest journal entries {watermark + len(out) + 1}..{stored} are missing from "
+                f"storage: the journal was truncated below its sealed head ({stored})"
+            )
         return out
 
     def truncate(self, upto: int) -> None:
-        """Deletes entries at or below `upto` (already in the ORAM)."""
+        """Deletes entries at or below `upto` (already in the ORAM); the head stays."""
         try:
             with self._engine.begin() as conn:
                 conn.execute(self._table.delete().where(self._table.c.seq <= upto))
@@ -131,6 +193,69 @@ class Journal:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    # ------------------------------------------------------------------ head
+
+    def _check_open(self, head: int | None, last: int | None) -> int:
+        floor = self._counter.current() if self._counter is not None else 0
+        if head is None:
+            if last is not None:
+                raise IntegrityError(
+                    "the ingest journal holds entries but no sealed head (deleted, or the "
+                    "journal was written by an older otrace: drain it with that version first)"
+                )
+            if floor:
+                raise RollbackError(
+                    f"the ingest journal is empty and has no sealed head, but the monotonic "
+                    f"counter says {floor} entries were appended: it was deleted or replaced"
+                )
+            return 0
+        if head < floor:
+            raise RollbackError(
+                f"the ingest journal's sealed head is at entry {head} but the monotonic counter "
+                f"says {floor}: the journal was restored to an older copy"
+            )
+        if last is not None and last > head:
+            raise IntegrityError(
+                f"the ingest journal holds entry {last} beyond its sealed head {head}: an older "
+                "head was put back"
+            )
+        if self._counter is not None:
+            self._counter.advance(head)  # a crash after commit left the counter behind
+        return head
+
+    def _check_stored_head(self, head: int | None) -> int:
+        floor = max(self._head, self._counter.current() if self._counter is not None else 0)
+        if head is None and floor == 0:
+            return 0
+        if head is None or head < floor:
+            raise RollbackError(
+                f"the ingest journal's sealed head in storage is at entry {head or 0}, but "
+                f"{floor} entries were appended: the journal was rolled back"
+            )
+        return head
+
+    def _read_head(self, conn: Any) -> int | None:
+        blob = conn.execute(sa.select(self._heads.c.blob).where(self._heads.c.id == 0)).scalar()
+        if blob is None:
+            return None
+        blob = bytes(blob)
+        try:
+            plain = self._aead.decrypt(blob[:12], blob[12:], _HEAD_AD)
+        except InvalidTag:
+            raise IntegrityError("the ingest journal's sealed head failed authentication") from None
+        if len(plain) != _HEAD.size or plain[0] != _HEAD_VERSION:
+            raise IntegrityError("the ingest journal's sealed head is malformed")
+        return int(_HEAD.unpack(plain)[1])
+
+    def _write_head(self, conn: Any, last: int) -> None:
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, _HEAD.pack(_HEAD_VERSION, last), _HEAD_AD)
+        updated = conn.execute(self._heads.update().where(self._heads.c.id == 0).values(blob=blob))
+        if updated.rowcount == 0:
+            conn.execute(self._heads.insert().values(id=0, blob=blob))
+
+    # --------------------------------------------------------------- entries
 
     def _seal(self, seq: int, payload: bytes) -> bytes:
         padded = _LEN.pack(len(payload)) + payload
