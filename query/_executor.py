@@ -22,7 +22,7 @@ from typing import Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from otrace.errors import InvalidRequest
+from otrace.errors import IntegrityError, InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
 from query._edb import EdbRow, EdbTable
 from query._index import Indexer, IndexState, Segment
@@ -211,8 +211,11 @@ class QueryExecutor:
         out: dict[tuple[int, bytes], tuple[int, ...]] = {}
         for row in self._lookup(list(wanted)):
             key = wanted.get(row.label)
-            if key is None or key[0] != row.segment:
+            if key is None:
                 continue
+            if key[0] != row.segment:
+                # Labels are derived per segment: skipping the row would be a silent gap.
+                raise IntegrityError("an index row was moved to another segment in storage")
             out[key] = self._indexer.codec.open(row).blocks
         return out
 
