@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import Node
 from otrace.loadtest import ExpectedTrace, span_digest
 from otrace.settings import Settings
+from otrace.soak import rss_of_tree
 from query import QueryClient
 from tests.collector.conftest import node_settings
 from tests.collector.otlp_helpers import grpc_export, request
@@ -69,22 +69,6 @@ def copy_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
-
-
-def rss_of_tree(pid: int) -> int:
-    """Resident memory of a process and its children (the enclave), in bytes."""
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def expected_of(req: ExportTraceServiceRequest) -> ExpectedTrace:
