@@ -163,13 +163,16 @@ class Journal:
         query = (
             sa.select(t.c.seq, t.c.blob).where(t.c.seq > watermark).order_by(t.c.seq).limit(limit)
         )
+        # What was appended is known *before* the read: an append committing meanwhile
+        # only moves the stored head further up, never below this floor.
+        floor = self._appended()
         try:
             with self._engine.connect() as conn:
                 head = self._read_head(conn)
                 rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot read the ingest journal: {exc}") from exc
-        stored = self._check_stored_head(head)
+        stored = self._check_stored_head(head, floor)
         out = []
         for expected, (seq, blob) in enumerate(rows, start=watermark + 1):
             if seq != expected:
@@ -224,8 +227,11 @@ class Journal:
             self._counter.advance(head)  # a crash after commit left the counter behind
         return head
 
-    def _check_stored_head(self, head: int | None) -> int:
-        floor = max(self._head, self._counter.current() if self._counter is not None else 0)
+    def _appended(self) -> int:
+        # Both are set only after their commit: no lock, so a drain never waits on an append.
+        return max(self._head, self._counter.current() if self._counter is not None else 0)
+
+    def _check_stored_head(self, head: int | None, floor: int) -> int:
         if head is None and floor == 0:
             return 0
         if head is None or head < floor:

@@ -124,3 +124,38 @@ def test_a_journal_behind_the_oram_watermark_is_a_rollback(tmp_path: Path) -> No
     with pytest.raises(RollbackError, match="ORAM already holds entries up to 5"):
         journal.resume_after(5)
     journal.close()
+
+
+def test_appends_racing_a_drain_are_not_mistaken_for_a_rollback(tmp_path: Path) -> None:
+    """A drain reads the stored head while appends commit: only what was appended before
+    its read is owed (regression: the overload test once latched a false rollback)."""
+    import threading
+
+    journal = _journal(tmp_path, MemoryCounter())
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def append() -> None:
+        while not stop.is_set():
+            journal.append([b"x"] * 4)
+
+    def drain() -> None:
+        watermark = 0
+        try:
+            while not stop.is_set():
+                got = journal.read_after(watermark, 64)
+                if got:
+                    watermark = got[-1][0]
+                    journal.truncate(watermark)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append), threading.Thread(target=drain)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    journal.close()
+    assert not errors, errors
