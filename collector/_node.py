@@ -98,7 +98,11 @@ class Node:
         self.enclave.start()
         self.query = QueryServer(self.enclave.call, s.query)
         self._write_credential(self.query.port)
-        self.committer = GroupCommitter(self.enclave.call, max_pending=s.max_pending_requests)
+        self.committer = GroupCommitter(
+            self.enclave.call,
+            max_pending=s.max_pending_requests,
+            max_journal_depth=s.max_journal_depth,
+        )
         self.grpc = GrpcReceiver(
             self.committer,
             s.otlp_grpc,

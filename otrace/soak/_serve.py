@@ -60,6 +60,7 @@ class ServeOptions:
     oram_blocks: int = 8192
     epoch: str = "100ms"
     max_pending: int | None = None
+    max_journal_depth: int | None = None
     extra: tuple[str, ...] = ()
 
 
@@ -108,6 +109,8 @@ class ServeProcess:
         env = dict(os.environ)
         if self.options.max_pending is not None:
             env["OTRACE_MAX_PENDING_REQUESTS"] = str(self.options.max_pending)
+        if self.options.max_journal_depth is not None:
+            env["OTRACE_MAX_JOURNAL_DEPTH"] = str(self.options.max_journal_depth)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         started = time.monotonic()
         with self.log_path.open("ab") as sink:

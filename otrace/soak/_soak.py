@@ -59,7 +59,7 @@ class SoakConfig:
     oram_blocks: int = 8192
     seed: int = 1
     verify_wait_s: float = 30.0
-    shape: TraceShape = field(default_factory=lambda: TraceShape(3, 3, 4, 0.02))
+    shape: TraceShape = field(default_factory=lambda: TraceShape(6, 5, 4, 0.02))  # ~9 spans
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ def _check(config: SoakConfig) -> dict[str, object]:
 
 
 def test_ten_kills_lose_no_acknowledged_span(tmp_path: Path) -> None:
-    _check(SoakConfig(root=tmp_path, kills=10, rate=60, max_gap_s=1.0))
+    _check(SoakConfig(root=tmp_path, kills=10, rate=40, max_gap_s=1.0))
 
 
 @pytest.mark.slow
