@@ -87,7 +87,7 @@ class Journal:
                 last = conn.execute(sa.select(sa.func.max(self._table.c.seq))).scalar()
                 head = self._read_head(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot open the ingest journal: {exc}") from exc
+            raise StorageError(f"cannot open the ingest journal: {_first_line(exc)}") from exc
         self._head = self._check_open(head, last)
         self._next = self._head + 1
 
@@ -121,7 +121,7 @@ class Journal:
                 with self._engine.connect() as conn:
                     present = int(conn.execute(query).scalar() or 0)
             except sa.exc.SQLAlchemyError as exc:
-                raise StorageError(f"cannot read the ingest journal: {exc}") from exc
+                raise StorageError(f"cannot read the ingest journal: {_first_line(exc)}") from exc
             if present != self._head - watermark:
                 raise IntegrityError(
                     f"ingest journal entries after {watermark} up to its sealed head "
@@ -147,7 +147,9 @@ class Journal:
                     conn.execute(self._table.insert(), rows)
                     self._write_head(conn, head)
             except sa.exc.SQLAlchemyError as exc:
-                raise StorageError(f"the ingest journal refused a write: {exc}") from exc
+                raise StorageError(
+                    f"the ingest journal refused a write: {_first_line(exc)}"
+                ) from exc
             self._next += len(payloads)
             self._head = head
             if self._counter is not None:
@@ -171,7 +173,7 @@ class Journal:
                 head = self._read_head(conn)
                 rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot read the ingest journal: {exc}") from exc
+            raise StorageError(f"cannot read the ingest journal: {_first_line(exc)}") from exc
         stored = self._check_stored_head(head, floor)
         out = []
         for expected, (seq, blob) in enumerate(rows, start=watermark + 1):
@@ -192,7 +194,7 @@ class Journal:
             with self._engine.begin() as conn:
                 conn.execute(self._table.delete().where(self._table.c.seq <= upto))
         except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot truncate the ingest journal: {exc}") from exc
+            raise StorageError(f"cannot truncate the ingest journal: {_first_line(exc)}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
@@ -276,6 +278,12 @@ class Journal:
             raise IntegrityError(f"ingest journal entry {seq} failed authentication") from None
         (length,) = _LEN.unpack_from(plain)
         return plain[_LEN.size : _LEN.size + length]
+
+
+def _first_line(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's error without the statement and its parameters (ciphertext, schema):
+    this text reaches OTLP clients in the UNAVAILABLE answer."""
+    return str(exc).split("\n", 1)[0]
 
 
 def _ad(seq: int) -> bytes:

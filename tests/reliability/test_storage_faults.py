@@ -116,6 +116,10 @@ def _under_fault(
         "corrupt_spans": verified.corrupt_spans,
     }
     print(json.dumps(figures))  # quoted in docs/RELIABILITY.md (pytest -s)
+    for text in probe.messages.values():
+        assert "[SQL:" not in text and "parameters" not in text, (
+            f"a statement reached a client: {text}"
+        )
     assert t.acked_spans > 0 and verified.checks
     assert verified.ok, verified.problems()
     return figures
