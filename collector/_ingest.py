@@ -169,46 +169,49 @@ class IngestEngine:
         """Runs one epoch if the journal holds anything; returns what it stored.
 
         An `IntegrityError` (a journal truncated or rolled back, a tampered row) stops
-        epochs for good: ingest and reads refuse from then on, and so does a restart."""
-        with self.lock:
-            self._refuse_if_failed()
-            try:
-                return self._drain_once()
-            except IntegrityError as exc:
-                self.failure = exc
-                raise
+        epochs for good: ingest and reads refuse from then on; a restart checks again."""
+        self._refuse_if_failed()
+        try:
+            return self._drain_once()
+        except IntegrityError as exc:
+            self.failure = exc
+            raise
 
     def _refuse_if_failed(self) -> None:
         if self.failure is not None:
             raise type(self.failure)(f"ingest stopped: {self.failure}")
 
     def _drain_once(self) -> EpochReport | None:
-        started = time.perf_counter()
-        st = self.state
-        if st.pending is not None:
-            first, last, done, base = st.pending
-            entries = self.journal.read_after(first - 1, last - first + 1)
-            if len(entries) != last - first + 1:
-                # Repacking fewer entries would not reproduce the blocks already written.
-                raise IntegrityError(
-                    f"ingest journal entries {first}..{last} of a half-written epoch are "
-                    "missing from storage"
-                )
-        else:
-            entries = self.journal.read_after(st.watermark, self._max_entries)
-            if not entries:
-                return None
-            first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
-        records = [
-            rec
-            for _, body in entries
-            for rec in records_from_request(ExportTraceServiceRequest.FromString(body))
-        ]
-        blocks = pack_blocks(records, self.device.params.block_size)
-        self._write_epoch(blocks, (first, last, done, base), len(records))
-        self.maintain()
-        self.journal.truncate(last)
-        return EpochReport(len(entries), len(records), len(blocks), time.perf_counter() - started)
+        """One epoch, as `drain_once` describes."""
+        with self.lock:
+            started = time.perf_counter()
+            st = self.state
+            if st.pending is not None:
+                first, last, done, base = st.pending
+                entries = self.journal.read_after(first - 1, last - first + 1)
+                if len(entries) != last - first + 1:
+                    # Repacking fewer entries would not reproduce the blocks already written.
+                    raise IntegrityError(
+                        f"ingest journal entries {first}..{last} of a half-written epoch are "
+                        "missing from storage"
+                    )
+            else:
+                entries = self.journal.read_after(st.watermark, self._max_entries)
+                if not entries:
+                    return None
+                first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
+            records = [
+                rec
+                for _, body in entries
+                for rec in records_from_request(ExportTraceServiceRequest.FromString(body))
+            ]
+            blocks = pack_blocks(records, self.device.params.block_size)
+            self._write_epoch(blocks, (first, last, done, base), len(records))
+            self.maintain()
+            self.journal.truncate(last)
+            return EpochReport(
+                len(entries), len(records), len(blocks), time.perf_counter() - started
+            )
 
     def drain_all(self) -> int:
         """Drains until the journal is empty; returns the number of epochs run."""
