@@ -138,5 +138,6 @@ def test_twice_capacity_for_10_s_sheds_and_keeps_every_acknowledged_span(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_twice_capacity_for_60_s_sheds_and_keeps_every_acknowledged_span(tmp_path: Path) -> None:
     _overload(tmp_path, 60.0)
