@@ -128,6 +128,52 @@ class _RssWatch(threading.Thread):
             self.peak = max(self.peak, self.serve.rss())
 
 
+class _Load(threading.Thread):
+    """`run_load` on a thread; `await_flow` returns once more spans were acknowledged."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        super().__init__(name="otrace-soak-load", daemon=True)
+        self.config = config
+        self.stop = threading.Event()
+        self._flowing = threading.Event()
+        self._acked = 0
+        self.report: LoadReport | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.report = run_load(self.config, progress=self._progress, stop=self.stop)
+        except BaseException as exc:  # re-raised by the harness thread
+            self.error = exc
+
+    def _progress(self, stats: LiveStats) -> None:
+        if stats.tally.acked_spans > self._acked:
+            self._acked = stats.tally.acked_spans
+            self._flowing.set()
+
+    def await_flow(self) -> None:
+        self._flowing.clear()
+        while not self._flowing.wait(0.1):
+            if self.error is not None or not self.is_alive():
+                raise self.error or UnavailableError("the load stopped early")
+
+    def finish(self) -> LoadReport:
+        self.stop.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if self.report is None:
+            raise UnavailableError("the load ended without a report")
+        return self.report
+
+
+def _kill_gap(config: SoakConfig, rnd: random.Random, n: int) -> float:
+    """Seconds from acknowledgements flowing again to the kill: half early, half later."""
+    if n % 2 == 0:
+        return rnd.uniform(config.min_gap_s, 0.5 + config.min_gap_s)
+    return rnd.uniform(0.5, config.max_gap_s)
+
+
 def run_soak(config: SoakConfig, *, progress: Callable[[str], None] | None = None) -> SoakReport:
     """Kills and restarts the node `config.kills` times under load, then verifies."""
     say = progress or (lambda _msg: None)
@@ -146,52 +192,34 @@ def run_soak(config: SoakConfig, *, progress: Callable[[str], None] | None = Non
     say(f"node up in {recovery[0]:.2f} s; loading {config.rate:g} spans/s")
     watch = _RssWatch(serve)
     watch.start()
-    loaded: list[LoadReport] = []
-    failure: list[BaseException] = []
-    stop = threading.Event()
-    flowing = threading.Event()
-    loader = threading.Thread(
-        target=_load,
-        args=(_load_config(config, serve.grpc_port), stop, flowing, loaded, failure),
-    )
-    loader.start()
+    load = _Load(_load_config(config, serve.grpc_port))
+    load.start()
     kill_at: list[float] = []
     try:
         for n in range(config.kills):
             # Each kill waits until acknowledgements flow again after the restart (the
             # exporters' reconnect backoff), so it lands on a node taking load.
-            flowing.clear()
-            while not flowing.wait(0.1):
-                if failure or not loader.is_alive():
-                    raise failure[0] if failure else UnavailableError("the load stopped early")
-            gap = (
-                rnd.uniform(config.min_gap_s, 0.5 + config.min_gap_s)
-                if n % 2 == 0
-                else rnd.uniform(0.5, config.max_gap_s)
-            )
-            time.sleep(gap)
+            load.await_flow()
+            kill_at.append(_kill_gap(config, rnd, n))
+            time.sleep(kill_at[-1])
             serve.kill()
-            kill_at.append(gap)
             recovery.append(serve.start())
-            say(f"kill {n + 1}/{config.kills} after {gap:.2f} s; back in {recovery[-1]:.2f} s")
-        stop.set()
-        loader.join()
-        if failure:
-            raise failure[0]
+            say(f"kill {n + 1}/{config.kills} at +{kill_at[-1]:.2f} s; up in {recovery[-1]:.2f} s")
+        report = load.finish()
         say("load stopped; verifying every acknowledged span through the query API")
         verify_started = time.monotonic()
-        verified = _verify(serve, loaded[0], config.verify_wait_s)
+        verified = _verify(serve, report, config.verify_wait_s)
         verify_s = time.monotonic() - verify_started
     finally:
-        stop.set()
-        loader.join()
+        load.stop.set()
+        load.join()
         watch.halt.set()
         serve.stop()
     return SoakReport(
         config,
         kills=config.kills,
         restarts=serve.starts - 1,
-        load=loaded[0],
+        load=report,
         verified=verified,
         recovery_s=tuple(recovery[1:]),
         peak_rss_bytes=watch.peak,
@@ -205,7 +233,7 @@ def _load_config(config: SoakConfig, port: int) -> LoadConfig:
     return LoadConfig(
         Endpoint(f"127.0.0.1:{port}", timeout_s=10.0),
         rate=config.rate,
-        duration_s=3600.0,  # until the kills are done: the harness stops it
+        duration_s=86400.0,  # until the kills are done: the harness stops it
         workers=config.workers,
         threads=config.threads,
         shape=config.shape,
@@ -216,26 +244,6 @@ def _load_config(config: SoakConfig, port: int) -> LoadConfig:
         retry=RetryPolicy(max_attempts=50, initial_backoff_s=0.2, max_backoff_s=1.0, budget_s=120),
         seed=config.seed,
     )
-
-
-def _load(
-    config: LoadConfig,
-    stop: threading.Event,
-    flowing: threading.Event,
-    out: list[LoadReport],
-    failure: list[BaseException],
-) -> None:
-    last = [0]
-
-    def progress(stats: LiveStats) -> None:
-        if stats.tally.acked_spans > last[0]:
-            last[0] = stats.tally.acked_spans
-            flowing.set()
-
-    try:
-        out.append(run_load(config, progress=progress, stop=stop))
-    except BaseException as exc:  # reported by the harness thread
-        failure.append(exc)
 
 
 def _verify(serve: ServeProcess, load: LoadReport, wait_s: float) -> VerifyReport:
