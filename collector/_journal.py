@@ -89,6 +89,9 @@ class Journal:
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open the ingest journal: {_first_line(exc)}") from exc
         self._head = self._check_open(head, last)
+        # No head, no entry, counter at 0: a new journal, or one written before heads
+        # existed (upgrade); `resume_after` may then adopt the ORAM's watermark.
+        self._headless = head is None
         self._next = self._head + 1
 
     @classmethod
@@ -110,6 +113,8 @@ class Journal:
         """Checks that every entry after `watermark` (what the ORAM holds) up to the head is
         present, then numbers new entries after the head."""
         with self._lock:
+            if watermark > self._head and self._headless:
+                self._adopt(watermark)
             if watermark > self._head:
                 raise RollbackError(
                     f"the ingest journal ends at entry {self._head} but the ORAM already holds "
@@ -151,7 +156,7 @@ class Journal:
                     f"the ingest journal refused a write: {_first_line(exc)}"
                 ) from exc
             self._next += len(payloads)
-            self._head = head
+            self._head, self._headless = head, False
             if self._counter is not None:
                 # After the commit: a crash in between leaves the head ahead of the
                 # counter, which opening accepts; the Export is not answered yet.
@@ -200,6 +205,17 @@ class Journal:
         self._engine.dispose()
 
     # ------------------------------------------------------------------ head
+
+    def _adopt(self, watermark: int) -> None:
+        """Upgrade from a journal without a head: trust the ORAM's watermark once."""
+        try:
+            with self._engine.begin() as conn:
+                self._write_head(conn, watermark)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot write the ingest journal head: {_first_line(exc)}") from exc
+        if self._counter is not None:
+            self._counter.advance(watermark)
+        self._head, self._next, self._headless = watermark, watermark + 1, False
 
     def _check_open(self, head: int | None, last: int | None) -> int:
         floor = self._counter.current() if self._counter is not None else 0

@@ -121,9 +121,27 @@ def test_a_tampered_or_missing_head_is_refused(tmp_path: Path) -> None:
 def test_a_journal_behind_the_oram_watermark_is_a_rollback(tmp_path: Path) -> None:
     """Without a counter (tests, or a lost platform directory) the ORAM still vouches."""
     journal = _journal(tmp_path, None)
+    journal.append([b"a", b"b"])
+    journal.truncate(2)
     with pytest.raises(RollbackError, match="ORAM already holds entries up to 5"):
         journal.resume_after(5)
     journal.close()
+
+
+def test_a_drained_journal_from_before_heads_is_adopted_once(tmp_path: Path) -> None:
+    """Upgrade: an empty journal without a head (counter 0) takes the ORAM's watermark,
+    and from then on the head and the counter guard it."""
+    counter = MemoryCounter()
+    journal = _journal(tmp_path, counter)
+    journal.resume_after(7)
+    assert journal.append([b"x"]) == [8] and counter.value == 8
+    journal.close()
+    again = _journal(tmp_path, counter)
+    again.resume_after(7)
+    again.close()
+    (tmp_path / "j.sqlite").unlink()
+    with pytest.raises(RollbackError, match="counter says 8"):
+        _journal(tmp_path, counter)
 
 
 def test_appends_racing_a_drain_are_not_mistaken_for_a_rollback(tmp_path: Path) -> None:
