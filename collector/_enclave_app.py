@@ -106,10 +106,15 @@ def start(init: bytes) -> EcallTable:
     counter = node_counter(platform, config)
     device = open_device(config, secrets["oram_key"], sealer, counter)
     journal_key = derive(secrets["state_key"], b"otrace/journal")
+    # The journal's own counter: its sealed head can be rolled back apart from the ORAM.
+    where = config.journal_path or config.store_url
+    journal_counter = MonotonicCounter(
+        platform, "journal-" + hashlib.sha256(where.encode()).hexdigest()[:24]
+    )
     journal = (
-        Journal.sqlite(config.journal_path, journal_key)
+        Journal.sqlite(config.journal_path, journal_key, counter=journal_counter)
         if config.journal_path
-        else Journal(device.store.engine, journal_key)  # type: ignore[attr-defined]
+        else Journal(device.store.engine, journal_key, counter=journal_counter)  # type: ignore[attr-defined]
     )
     indexer = make_indexer(config, secrets)
     engine = IngestEngine(

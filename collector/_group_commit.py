@@ -89,12 +89,14 @@ class GroupCommitter:
         max_journal_depth: int = 4096,
         max_batch: int = 64,
         retry_after: float = 1.0,
+        depth_poll_s: float = 0.1,
     ) -> None:
         self._ecall = ecall
         self._max_pending = max_pending
         self._max_depth = max_journal_depth
         self._max_batch = max_batch
         self._retry_after = retry_after
+        self._depth_poll_s = depth_poll_s
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -131,14 +133,30 @@ class GroupCommitter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and not self._saturated():
                     self._cond.wait()
-                if not self._queue:
+                if self._closed and not self._queue:
                     return
                 batch = [
                     self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
                 ]
-            self._commit(batch)
+            if batch:
+                self._commit(batch)
+            else:
+                self._refresh_depth()
+
+    def _saturated(self) -> bool:
+        return self.journal_depth >= self._max_depth
+
+    def _refresh_depth(self) -> None:
+        """Only ingest replies carry the journal depth, and while shedding on it nothing is
+        ingested: ask with an empty ingest, so shedding stops once epochs have drained it."""
+        with self._cond:
+            self._cond.wait(self._depth_poll_s)
+        try:
+            self.journal_depth = int(cbor2.loads(self._ecall("ingest", cbor2.dumps([])))["depth"])
+        except OTraceError as exc:
+            log.error("journal depth poll failed: %s", exc)
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:

@@ -99,6 +99,11 @@ class HttpReceiver:
             return _status(413, f"request larger than {self._limit} bytes", encode_json)
         except web.HTTPBadRequest as exc:
             return _status(400, f"unreadable body: {exc.text}", encode_json)
+        except web.RequestPayloadError:
+            # A body that does not inflate (garbage declared as gzip): the client's fault.
+            return _status(
+                400, "unreadable body: it does not decode as its Content-Encoding", encode_json
+            )
         return await self._export(content_type, body, encode_json)
 
     async def _export(self, content_type: str, body: bytes, encode_json: bool) -> web.Response:

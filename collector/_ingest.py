@@ -151,6 +151,9 @@ class IngestEngine:
         # merges) happens outside `lock`, so queries wait for a batch, not an epoch.
         self.lock = threading.RLock()
         self._drain_lock = threading.Lock()
+        # Set once the journal or the device failed verification: acknowledged spans may
+        # be gone, so no more are acknowledged and no answer pretends to be complete.
+        self.failure: IntegrityError | None = None
         self.state = self._load_state()
         self.index = self._load_index()
         journal.resume_after(self.state.watermark)
@@ -159,6 +162,7 @@ class IngestEngine:
 
     def ingest(self, items: Sequence[tuple[str, bytes]]) -> list[IngestOutcome]:
         """Validates each request and journals the valid spans of all of them in one commit."""
+        self._refuse_if_failed()
         return journal_requests(self.journal, items, self._limits)
 
     def journal_depth(self) -> int:
@@ -167,12 +171,24 @@ class IngestEngine:
     # ------------------------------------------------------------------ drain
 
     def drain_once(self) -> EpochReport | None:
-        """Runs one epoch if the journal holds anything; returns what it stored."""
-        with self._drain_lock:
-            report = self._drain()
-        if report is not None:
-            self.maintain()
-        return report
+        """Runs one epoch if the journal holds anything; returns what it stored.
+
+        An `IntegrityError` (a journal truncated or rolled back, a tampered row) stops
+        epochs for good: ingest and reads refuse from then on; a restart checks again."""
+        self._refuse_if_failed()
+        try:
+            with self._drain_lock:
+                report = self._drain()
+            if report is not None:
+                self.maintain()
+            return report
+        except IntegrityError as exc:
+            self.failure = exc
+            raise
+
+    def _refuse_if_failed(self) -> None:
+        if self.failure is not None:
+            raise type(self.failure)(f"ingest stopped: {self.failure}")
 
     def _drain(self) -> EpochReport | None:
         started = time.perf_counter()
@@ -316,6 +332,7 @@ class IngestEngine:
         (absolute block numbers, in priority order) as fit; the rest is padding."""
         p = self.device.params
         with self.lock:
+            self._refuse_if_failed()
             live = [
                 b for b in dict.fromkeys(wanted) if self.live_from() <= b < self.state.next_block
             ]

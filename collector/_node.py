@@ -107,7 +107,11 @@ class Node:
         route = self._route if s.replica else None
         self.query = QueryServer(self.enclave.call, s.query, route=route)
         self._write_credential(self.query.port)
-        self.committer = GroupCommitter(self.enclave.call, max_pending=s.max_pending_requests)
+        self.committer = GroupCommitter(
+            self.enclave.call,
+            max_pending=s.max_pending_requests,
+            max_journal_depth=s.max_journal_depth,
+        )
         self.grpc = GrpcReceiver(
             self.committer,
             s.otlp_grpc,

@@ -19,6 +19,7 @@ from otrace.cli_serve import serve
 from otrace.cli_tee import attest, kms
 from otrace.errors import OTraceError
 from otrace.loadtest._cli import loadtest
+from otrace.soak._cli import soak
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +44,7 @@ cli.add_command(bench)
 cli.add_command(faas)
 cli.add_command(loadtest)
 cli.add_command(cluster)
+cli.add_command(soak)
 
 
 def main() -> None:

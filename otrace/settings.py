@@ -40,6 +40,7 @@ class Settings:
     oram_batch: int = 32
     cache_levels: int = 8
     max_pending_requests: int = 256
+    max_journal_depth: int = 4096  # journal entries not yet in the ORAM before ingest sheds
     retention: int = 7 * 86400  # seconds; flags and files take durations such as 7d
     trace_reads: int = 16  # ORAM reads every trace lookup spends
     search_reads: int = 64  # ORAM reads every search spends (half finding, half fetching)

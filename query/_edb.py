@@ -228,5 +228,8 @@ class EdbTable:
 def _row(slot: int, segment: int, value: bytes) -> EdbRow:
     slot, segment = int(slot), int(segment)
     if slot >> 32 != segment:
-        raise IntegrityError(f"an encrypted index row at slot {slot} names segment {segment}")
+        raise IntegrityError(
+            f"an encrypted index row was moved to another segment (slot {slot} is in segment "
+            f"{slot >> 32}, the row says {segment})"
+        )
     return EdbRow(segment, slot & 0xFFFFFFFF, bytes(value))

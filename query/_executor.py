@@ -214,10 +214,12 @@ class QueryExecutor:
                 wanted.setdefault(slot, []).append((seg.id, td))
         out: dict[tuple[int, bytes], tuple[int, ...]] = {}
         for row in self._lookup(list(wanted)):
+            # A row moved to another slot fails its AES-GCM associated data, one whose
+            # segment column was changed fails `EdbTable` (slot and segment disagree).
             asked = wanted.get(row.slot, [])
             entries = self._indexer.codec.find(row, {td for _, td in asked})
             for seg_id, td in asked:
-                if seg_id == row.segment and td in entries:
+                if td in entries:
                     out[(seg_id, td)] = entries[td]
         return out
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from collector._journal import Journal
-from otrace.errors import IntegrityError
+from otrace.errors import IntegrityError, RollbackError
 
 KEY = b"\x07" * 32
 
@@ -54,8 +54,10 @@ def test_numbering_continues_after_the_journal_was_emptied(journals: list[Journa
     assert one.pending() == 0
     assert two.append([b"c"]) == [3]  # not 1: a drained entry's number is never reused
     assert [seq for seq, _ in one.read_after(2, 10)] == [3]
-    two.resume_after(10)  # the ORAM's watermark is ahead (e.g. a fresh journal file)
-    assert one.append([b"d"]) == [11]
+    assert one.append([b"d"]) == [4]
+    # An ORAM watermark ahead of the sealed head means the journal was rolled back.
+    with pytest.raises(RollbackError, match="journal was rolled back or replaced"):
+        two.resume_after(10)
 
 
 def test_a_hole_in_the_middle_is_still_an_integrity_error(

@@ -105,3 +105,34 @@ def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="cannot listen for OTLP/HTTP"):
             node.start()
     assert node.enclave is None and node.grpc is None and node.committer is None
+
+
+def test_shedding_on_journal_depth_ends_once_the_journal_drains() -> None:
+    """Only ingest replies reported the depth, so once it passed the bound nothing was
+    ever ingested again (found by tests/reliability/test_overload.py): the committer
+    now polls the depth while it sheds on it."""
+    depth = [100]
+    calls: list[int] = []
+
+    def enclave(name: str, payload: bytes) -> bytes:
+        items = cbor2.loads(payload)
+        calls.append(len(items))
+        rows = [[True, 1, 0, ""] for _ in items]
+        return cbor2.dumps({"outcomes": rows, "depth": depth[0]})
+
+    from collector import Overloaded
+
+    committer = GroupCommitter(enclave, max_journal_depth=10, depth_poll_s=0.01)
+    try:
+        committer.submit("application/x-protobuf", b"").result(timeout=10)
+        with pytest.raises(Overloaded, match="journal depth 100"):
+            committer.submit("application/x-protobuf", b"")
+        depth[0] = 0  # the epochs drained the journal
+        for _ in range(500):
+            if not committer.journal_depth:
+                break
+            threading.Event().wait(0.01)
+        assert committer.submit("application/x-protobuf", b"").result(timeout=10).ok
+        assert 0 in calls  # the empty ingest that asked
+    finally:
+        committer.close()
