@@ -22,7 +22,7 @@ from typing import Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from otrace.errors import InvalidRequest
+from otrace.errors import IntegrityError, InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
 from query._edb import EdbRow, EdbTable, slot_of
 from query._index import Indexer, IndexState, Segment
@@ -213,7 +213,13 @@ class QueryExecutor:
                 slot = slot_of(seg.id, locate(td, seg.id, seg.rows))
                 wanted.setdefault(slot, []).append((seg.id, td))
         out: dict[tuple[int, bytes], tuple[int, ...]] = {}
-        for row in self._lookup(list(wanted)):
+        rows = self._lookup(list(wanted))
+        if len(rows) != len(wanted):
+            # Every bucket of a live segment exists (empty ones too): a missing one was
+            # deleted or moved, and answering without it would silently drop matches.
+            missing = len(set(wanted) - {row.slot for row in rows})
+            raise IntegrityError(f"{missing} encrypted index bucket(s) are missing from storage")
+        for row in rows:
             # A row moved to another slot fails its AES-GCM associated data, one whose
             # segment column was changed fails `EdbTable` (slot and segment disagree).
             asked = wanted.get(row.slot, [])

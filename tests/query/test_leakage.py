@@ -267,3 +267,20 @@ def test_an_altered_index_row_is_an_integrity_error_never_a_wrong_answer(
         conn.execute(table.update().where(table.c.slot == slot).values(value=flipped))
     with pytest.raises(IntegrityError, match="index row failed authentication"):
         harness.executor.get_trace(door)
+
+
+def test_a_deleted_index_bucket_is_an_integrity_error_never_a_silent_gap(
+    harness: Harness,
+) -> None:
+    now = time.time_ns()
+    tid, req = _secret_trace(now)
+    harness.ingest(req)
+    door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
+    mark = harness.seen.mark()
+    assert len(harness.executor.get_trace(door).records) == 3
+    (slot,) = harness.edb_slots(mark)
+    table = harness.engine.edb.table
+    with harness.store.engine.begin() as conn:
+        conn.execute(table.delete().where(table.c.slot == slot))
+    with pytest.raises(IntegrityError, match="1 encrypted index bucket"):
+        harness.executor.get_trace(door)

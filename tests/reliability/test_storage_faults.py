@@ -144,6 +144,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # 15 s; CI keeps the PostgreSQL fault and the crash and overload runs
 def test_disk_full_mid_ingest(small_disk: Path, tmp_path: Path) -> None:
     settings = node_settings(tmp_path, data_dir=small_disk / "data", oram_blocks=1024, epoch_ms=100)
     filler = small_disk / "filler"
@@ -174,6 +175,7 @@ def test_disk_full_mid_ingest(small_disk: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------- database locked
 
 
+@pytest.mark.slow  # 22 s: it must outwait the 10 s busy timeout
 def test_journal_locked_by_another_writer(tmp_path: Path) -> None:
     """An exclusive lock held past the journal's busy timeout (10 s): refused with a retry
     hint while it lasts, then taken up again."""
