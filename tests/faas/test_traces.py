@@ -1,18 +1,21 @@
 """A chain's spans in a real node: one trace, and only from attested producers when required.
 
 Every role exports through the real OpenTelemetry SDK and OTLP/gRPC exporter
-to a real node; the spans are read back with `node.scan()`.
+to a real node; the spans are read back with `node.scan()`, and the chain's
+trace through `otrace trace` (the attested query API).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
 from collector import Node
+from otrace.cli import cli
 from otrace.errors import AttestationError, PolicyError
 from otrace.faas import (
     attested_tracer_provider,
@@ -77,6 +81,26 @@ def test_chain_spans_form_one_trace(tmp_path: Path) -> None:
         assert chain.gateway.invoke(ORDER)["total"] == 12
         _shutdown(providers)
         _check_one_trace(node)
+        _check_otrace_trace(node)
+
+
+def _check_otrace_trace(node: Node) -> None:
+    """`otrace trace TRACE_ID --json` returns the whole chain as one OTLP/JSON trace."""
+    assert node.query is not None
+    spans = spans_of(stored(node))
+    trace_id = spans[0][0]
+    args = ["trace", trace_id, "--json", "--endpoint", f"127.0.0.1:{node.query.port}",
+            "--key-file", str(node.credential_path)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    got = [
+        (s["traceId"], s["name"])
+        for rs in json.loads(result.output)["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for s in ss["spans"]
+    ]
+    assert {t for t, _ in got} == {trace_id}
+    assert sorted(n for _, n in got) == sorted(s[3] for s in spans)
 
 
 @pytest.fixture
