@@ -41,10 +41,13 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 BENCH_INGEST_ARGS ?= --spans 200000 --json bench-ingest.json
+# The issue's target load is --spans 1000000 (about 15 minutes for both modes).
+BENCH_QUERY_ARGS ?= --spans 200000 --queries 100 --json bench-query.json
 
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/otrace bench oram $(BENCH_ORAM_ARGS)
 	$(VENV)/bin/otrace bench ingest $(BENCH_INGEST_ARGS)
+	$(VENV)/bin/otrace bench query $(BENCH_QUERY_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
