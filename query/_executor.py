@@ -26,7 +26,7 @@ from otrace.errors import IntegrityError, InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
 from query._edb import EdbRow, EdbTable, slot_of
 from query._index import Indexer, IndexState, Segment
-from query._keywords import resource_keywords, span_keywords, trace_keyword
+from query._keywords import resource_keywords, service_keyword, span_keywords, trace_keyword
 from query._trapdoor import TRAPDOOR_SIZE, locate
 
 __all__ = ["BlockSource", "QueryBudget", "QueryExecutor", "QueryResult", "SearchRequest"]
@@ -196,7 +196,7 @@ class QueryExecutor:
         with self._source.lock:
             catalogue = self._source.index.catalogue
             for service, names in catalogue.items():
-                door = self._indexer.trapdoor(f"svc:{service}")
+                door = self._indexer.trapdoor(service_keyword(service))
                 if hmac.compare_digest(door, service_trapdoor):
                     return sorted(names)
         return []
