@@ -131,6 +131,7 @@ def test_cli_loadtest_verify_through_a_follower(cluster: Cluster, tmp_path: Path
     assert sorted(r["name"] for r in shown["replicas"]) == NAMES
 
 
+@pytest.mark.slow  # 24 s; CI keeps the SIGKILL failover and the fencing unit tests
 def test_a_frozen_leader_is_fenced_when_it_wakes(cluster: Cluster) -> None:
     """SIGSTOP the leader past its lease: a new term is led; on SIGCONT the old leader's
     heartbeat or next ORAM commit raises FencingError and it stops writing."""

@@ -144,7 +144,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.slow  # 15 s; CI keeps the PostgreSQL fault and the crash and overload runs
+@pytest.mark.slow  # 15 s
 def test_disk_full_mid_ingest(small_disk: Path, tmp_path: Path) -> None:
     settings = node_settings(tmp_path, data_dir=small_disk / "data", oram_blocks=1024, epoch_ms=100)
     filler = small_disk / "filler"
@@ -209,6 +209,7 @@ def test_journal_locked_by_another_writer(tmp_path: Path) -> None:
 # ------------------------------------------------- PostgreSQL backends killed
 
 
+@pytest.mark.slow  # 20 s
 @pytest.mark.postgres
 @pytest.mark.skipif(POSTGRES_URL is None, reason="OTRACE_TEST_POSTGRES_URL not set")
 def test_postgres_connections_terminated_mid_ingest(tmp_path: Path) -> None:
