@@ -127,6 +127,16 @@ class Journal:
         """Checks that every entry after `watermark` (what the ORAM holds) up to the head is
         present, then numbers new entries after the head."""
         with self._lock:
+            # Other replicas may have appended since this process opened the journal:
+            # look at the stored head, never at this process's possibly stale view.
+            try:
+                with self._engine.connect() as conn:
+                    stored = self._read_head(conn)
+            except sa.exc.SQLAlchemyError as exc:
+                raise StorageError(f"cannot read the ingest journal: {_first_line(exc)}") from exc
+            if stored is not None:
+                self._head, self._headless = max(self._head, stored), False
+                self._next = max(self._next, self._head + 1)
             if watermark > self._head and self._headless:
                 self._adopt(watermark)
             if watermark > self._head:
@@ -257,7 +267,14 @@ class Journal:
         h = self._heads
         try:
             with self._engine.begin() as conn:
-                conn.execute(h.update().where(h.c.id == 0).values(last_seq=watermark))
+                # Never backwards: another writer's numbers must not be handed out again.
+                conn.execute(
+                    h.update()
+                    .where(h.c.id == 0)
+                    .values(
+                        last_seq=sa.case((h.c.last_seq < watermark, watermark), else_=h.c.last_seq)
+                    )
+                )
                 self._write_head(conn, watermark)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot write the ingest journal head: {_first_line(exc)}") from exc

@@ -88,3 +88,14 @@ def test_an_aborted_append_leaves_no_gap(journals: list[Journal], store_url: str
     engine.dispose()
     assert two.append([b"b"]) == [2]
     assert [body for _, body in one.read_after(0, 10)] == [b"a", b"b"]
+
+
+def test_a_replica_resuming_late_never_rewinds_the_numbering(journals: list[Journal]) -> None:
+    """A replica that opened the journal before the others appended takes over (its view of
+    the head is stale): it must read the stored head, not hand out used numbers again.
+    (Found by the failover test: the new leader rewound the head and lost spans.)"""
+    one, two, late = journals
+    assert one.append([b"a", b"b", b"c"]) == [1, 2, 3]
+    late.resume_after(2)  # the ORAM holds 1..2; entry 3 waits to be drained
+    assert two.append([b"d"]) == [4]
+    assert [seq for seq, _ in late.read_after(2, 10)] == [3, 4]
