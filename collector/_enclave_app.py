@@ -123,7 +123,7 @@ def start(init: bytes) -> EcallTable:
     budget = QueryBudget.from_reads(
         config.trace_reads, config.search_reads, device.params.batch_size
     )
-    executor = QueryExecutor(engine, engine.edb, _edb_reader(engine), indexer, budget=budget)
+    executor = QueryExecutor(engine, _edb_reader(engine), indexer, budget=budget)
     sessions = QuerySessions(
         platform, identity, executor, derive(secrets["state_key"], b"otrace/analyst-auth")
     )

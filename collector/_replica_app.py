@@ -108,7 +108,7 @@ def start(init: bytes) -> EcallTable:
     )
     budget = QueryBudget.from_reads(config.trace_reads, config.search_reads, config.batch)
     executor = QueryExecutor(
-        LeaderSource(runtime), edb, edb_reader(edb, store.engine), indexer, budget=budget
+        LeaderSource(runtime), edb_reader(edb, store.engine), indexer, budget=budget
     )
     sessions = QuerySessions(
         platform, identity, executor, derive(secrets["state_key"], b"otrace/analyst-auth")

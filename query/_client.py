@@ -9,7 +9,6 @@ the credential's index key before it is sent, inside the attested channel.
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -253,7 +252,3 @@ def _answer(reply: dict[str, Any]) -> TraceAnswer:
     return TraceAnswer(
         TracesData.FromString(bytes(reply["traces"])), bool(reply["truncated"]), int(reply["reads"])
     )
-
-
-def default_key_file(data_dir: Path) -> Path:
-    return Path(os.path.expanduser(str(data_dir))) / "analyst.cred"

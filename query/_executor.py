@@ -24,7 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from otrace.errors import IntegrityError, InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
-from query._edb import EdbRow, EdbTable, slot_of
+from query._edb import EdbRow, slot_of
 from query._index import Indexer, IndexState, Segment
 from query._keywords import resource_keywords, service_keyword, span_keywords, trace_keyword
 from query._trapdoor import TRAPDOOR_SIZE, locate
@@ -132,7 +132,6 @@ class QueryExecutor:
     def __init__(
         self,
         source: BlockSource,
-        edb: EdbTable,
         lookup: EdbReader,
         indexer: Indexer,
         *,
@@ -140,7 +139,6 @@ class QueryExecutor:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._source = source
-        self._edb = edb
         self._lookup = lookup
         self._indexer = indexer
         self.budget = budget or QueryBudget()

@@ -121,7 +121,7 @@ def harness(store_url: str) -> Iterator[Harness]:
         with store.engine.connect() as conn:
             return engine.edb.lookup(conn, labels)
 
-    executor = QueryExecutor(engine, engine.edb, lookup, indexer, budget=BUDGET)
+    executor = QueryExecutor(engine, lookup, indexer, budget=BUDGET)
     try:
         yield Harness(store, engine, executor, seen, oram.params.height)
     finally:
