@@ -333,9 +333,8 @@ class IngestEngine:
         p = self.device.params
         with self.lock:
             self._refuse_if_failed()
-            live = [
-                b for b in dict.fromkeys(wanted) if self.live_from() <= b < self.state.next_block
-            ]
+            lowest, stop = self.live_from(), self.state.next_block
+            live = [b for b in dict.fromkeys(wanted) if lowest <= b < stop]
             out: dict[int, bytes] = {}
             for i in range(batches):
                 chunk = live[i * width : (i + 1) * width]

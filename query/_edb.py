@@ -5,7 +5,7 @@ each one row `edb_<tree>(slot, segment, value)` with `slot = segment * 2^32 +
 bucket` (segment and bucket are in clear; every bucket exists, full or not).
 `value` = `nonce | AES-GCM(plaintext)` with associated data `segment | bucket`;
 the plaintext is `count u32`, then per keyword `trapdoor (32) | length u32 |
-delta-varint absolute block numbers (length bytes)`, zero-padded
+posting list (length bytes; `query._postings`: varints or a bitmap)`, zero-padded
 to a power of two of at least `MIN_VALUE` bytes. The storage learns B (K within
 a factor of two) and each bucket's size class; a lookup touches one bucket,
 shared with ~31 other keywords.
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection, Engine
 
 from otrace.errors import IntegrityError
+from query._postings import BlockSet
 from query._trapdoor import TRAPDOOR_SIZE
 
 __all__ = [
@@ -40,18 +41,16 @@ __all__ = [
     "Postings",
     "RawEntry",
     "bucket_count",
-    "decode_postings",
-    "encode_postings",
     "slot_of",
 ]
 
 BUCKET_TARGET = 32  # keywords per bucket, on average
 MIN_VALUE = 256
 _NONCE = 12
-_AD = b"otrace/edb/v2\x00"
+_AD = b"otrace/edb/v3\x00"  # v3: posting lists carry their encoding (v2 rows do not open)
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct(f"<{TRAPDOOR_SIZE}sI")  # trapdoor, length of its encoded postings
-RawEntry = tuple[bytes, bytes]  # (trapdoor, delta-varint postings): copied as is by merges
+RawEntry = tuple[bytes, bytes]  # (trapdoor, encoded posting list): copied as is by merges
 _LOOKUP_CHUNK = 500
 
 
@@ -96,7 +95,7 @@ class EdbCodec:
 
     def seal(self, segment: int, bucket: int, entries: Iterable[Postings]) -> EdbRow:
         return self.seal_raw(
-            segment, bucket, [(p.trapdoor, encode_postings(p.blocks)) for p in entries]
+            segment, bucket, [(p.trapdoor, BlockSet.of(p.blocks).encode()) for p in entries]
         )
 
     def seal_raw(self, segment: int, bucket: int, entries: Sequence[RawEntry]) -> EdbRow:
@@ -137,11 +136,13 @@ class EdbCodec:
 
     def open(self, row: EdbRow) -> list[Postings]:
         """Every entry of a bucket, decoded."""
-        return [Postings(door, decode_postings(raw)) for door, raw in self.open_raw(row)]
+        return [
+            Postings(door, tuple(BlockSet.decode(raw).blocks())) for door, raw in self.open_raw(row)
+        ]
 
-    def find(self, row: EdbRow, trapdoors: Collection[bytes]) -> dict[bytes, tuple[int, ...]]:
+    def find(self, row: EdbRow, trapdoors: Collection[bytes]) -> dict[bytes, BlockSet]:
         """The postings of those `trapdoors` the bucket holds (only they are decoded)."""
-        return {door: decode_postings(raw) for door, raw in self.open_raw(row) if door in trapdoors}
+        return {door: BlockSet.decode(raw) for door, raw in self.open_raw(row) if door in trapdoors}
 
     def segment_rows(
         self, segment: int, buckets: Mapping[int, Sequence[RawEntry]], count: int
@@ -152,33 +153,6 @@ class EdbCodec:
 
 def _ad(segment: int, bucket: int) -> bytes:
     return _AD + segment.to_bytes(8, "big") + bucket.to_bytes(4, "big")
-
-
-def encode_postings(blocks: Iterable[int]) -> bytes:
-    """Sorted block numbers as delta varints."""
-    out = bytearray()
-    previous = 0
-    for block in blocks:
-        delta, previous = block - previous, block
-        while delta >= 0x80:
-            out.append((delta & 0x7F) | 0x80)
-            delta >>= 7
-        out.append(delta)
-    return bytes(out)
-
-
-def decode_postings(raw: bytes) -> tuple[int, ...]:
-    blocks, value, delta, shift = [], 0, 0, 0
-    for byte in raw:
-        delta |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            value += delta
-            blocks.append(value)
-            delta = shift = 0
-    if shift:
-        raise IntegrityError("an encrypted index row has an unknown layout")
-    return tuple(blocks)
 
 
 class EdbTable:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +27,7 @@ from query._blocks import SpanRecord, traces_data, unpack_blocks
 from query._edb import EdbRow, slot_of
 from query._index import Indexer, IndexState, Segment
 from query._keywords import resource_keywords, service_keyword, span_keywords, trace_keyword
+from query._postings import EMPTY, BlockSet
 from query._trapdoor import TRAPDOOR_SIZE, locate
 
 __all__ = ["BlockSource", "QueryBudget", "QueryExecutor", "QueryResult", "SearchRequest"]
@@ -153,8 +154,10 @@ class QueryExecutor:
         with self._source.lock:
             since = 0 if lookback_ns is None else self._clock() - lookback_ns
             segments = [s for s in self._source.index.segments if s.t_max >= since]
-            wanted = self._union(self._postings(segments, [trapdoor]).values())
-            data = self._source.read_blocks(wanted, b.trace_batches, b.trace_width)
+            wanted = BlockSet.union(self._postings(segments, [trapdoor]).values())
+            data = self._source.read_blocks(
+                wanted.newest(b.trace_reads), b.trace_batches, b.trace_width
+            )
         records = [r for r in unpack_blocks(data.values()) if self._is_trace(r, trapdoor)]
         return QueryResult(records, len(wanted) > b.trace_reads, b.trace_reads)
 
@@ -168,16 +171,20 @@ class QueryExecutor:
                 if s.overlaps(request.start_ns, request.end_ns)
             ]
             candidates = self._candidates(segments, request)
-            data = self._source.read_blocks(candidates, find, b.search_width)
+            data = self._source.read_blocks(
+                candidates.newest(find * b.search_width), find, b.search_width
+            )
             latest: dict[bytes, int] = {}  # matching trace -> its latest matching start
+            resources: dict[bytes, frozenset[bytes]] = {}
             for record in unpack_blocks(data.values()):
-                start = self._match(record, request)
+                start = self._match(record, request, resources)
                 if start is not None and start > latest.get(record.trace_id, -1):
                     latest[record.trace_id] = start
             chosen = sorted(latest, key=latest.__getitem__, reverse=True)[: request.limit]
             trace_doors = [self._indexer.trapdoor(trace_keyword(t)) for t in chosen]
             postings = self._postings(list(self._source.index.segments), trace_doors)
-            more = [x for x in self._union(postings.values()) if x not in data]
+            traces = BlockSet.union(postings.values()).blocks()
+            more = [x for x in reversed(traces) if x not in data]
             data.update(self._source.read_blocks(more, fetch, b.search_width))
         keep = set(chosen)
         records = [r for r in unpack_blocks(data.values()) if r.trace_id in keep]
@@ -203,14 +210,14 @@ class QueryExecutor:
 
     def _postings(
         self, segments: Sequence[Segment], trapdoors: Sequence[bytes]
-    ) -> dict[tuple[int, bytes], tuple[int, ...]]:
-        """(segment id, trapdoor) -> block numbers, for every pair the index holds."""
+    ) -> dict[tuple[int, bytes], BlockSet]:
+        """(segment id, trapdoor) -> its blocks, for every pair the index holds."""
         wanted: dict[int, list[tuple[int, bytes]]] = {}
         for seg in segments:
             for td in trapdoors:
                 slot = slot_of(seg.id, locate(td, seg.id, seg.rows))
                 wanted.setdefault(slot, []).append((seg.id, td))
-        out: dict[tuple[int, bytes], tuple[int, ...]] = {}
+        out: dict[tuple[int, bytes], BlockSet] = {}
         rows = self._lookup(list(wanted))
         if len(rows) != len(wanted):
             # Every bucket of a live segment exists (empty ones too): a missing one was
@@ -227,40 +234,35 @@ class QueryExecutor:
                     out[(seg_id, td)] = entries[td]
         return out
 
-    def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> list[int]:
-        """Blocks that may hold a match, most recent first."""
+    def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> BlockSet:
+        """Blocks that may hold a match (live ones only)."""
         needs_time = [s for s in segments if not s.within(request.start_ns, request.end_ns)]
         doors = [*request.terms, *request.duration_cover]
         postings = self._postings(segments, doors)
         postings.update(self._postings(needs_time, request.time_cover))
-        picked: set[int] = set()
+        picked = EMPTY
         for seg in segments:
-            sets: list[set[int]] = [set(postings.get((seg.id, td), ())) for td in request.terms]
+            found = BlockSet.span(seg.first_block, seg.last_block)
+            for td in request.terms:
+                found &= postings.get((seg.id, td), EMPTY)
             for cover, applies in (
                 (request.duration_cover, True),
                 (request.time_cover, seg in needs_time),
             ):
                 if cover and applies:
-                    sets.append(set(self._union(postings.get((seg.id, td), ()) for td in cover)))
-            if sets:
-                picked |= set.intersection(*sets)
-            else:
-                picked.update(range(seg.first_block, seg.last_block))
-        live = self._source.live_from()
-        return sorted((x for x in picked if x >= live), reverse=True)
-
-    @staticmethod
-    def _union(postings: Iterable[Iterable[int]]) -> list[int]:
-        out: set[int] = set()
-        for blocks in postings:
-            out.update(blocks)
-        return sorted(out, reverse=True)
+                    found &= BlockSet.union(postings.get((seg.id, td), EMPTY) for td in cover)
+            picked |= found
+        return picked.at_least(self._source.live_from())
 
     def _is_trace(self, record: SpanRecord, trapdoor: bytes) -> bool:
         return hmac.compare_digest(self._indexer.trapdoor(trace_keyword(record.trace_id)), trapdoor)
 
-    def _match(self, record: SpanRecord, request: SearchRequest) -> int | None:
-        """The span's start time if it satisfies every predicate, else None."""
+    def _match(
+        self, record: SpanRecord, request: SearchRequest, resources: dict[bytes, frozenset[bytes]]
+    ) -> int | None:
+        """The span's start time if it satisfies every predicate, else None. `resources`
+        caches each resource's keyword trapdoors (a block's spans share a few resources):
+        terms its resource satisfies need no per-span keywords."""
         rs = ResourceSpans.FromString(record.payload)
         span = rs.scope_spans[0].spans[0]
         start = span.start_time_unix_nano
@@ -270,8 +272,16 @@ class QueryExecutor:
         if not (request.min_duration_ns <= duration <= request.max_duration_ns):
             return None
         if request.terms:
-            _, shared = resource_keywords(rs.resource)
-            doors = {self._indexer.trapdoor(w) for w in span_keywords(shared, span)}
-            if not all(td in doors for td in request.terms):
-                return None
+            key = rs.resource.SerializeToString()
+            shared = resources.get(key)
+            if shared is None:
+                trapdoor = self._indexer.trapdoor
+                shared = resources[key] = frozenset(
+                    trapdoor(w) for w in resource_keywords(rs.resource)[1]
+                )
+            rest = [td for td in request.terms if td not in shared]
+            if rest:
+                doors = {self._indexer.trapdoor(w) for w in span_keywords((), span)}
+                if not all(td in doors for td in rest):
+                    return None
         return start

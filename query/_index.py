@@ -25,14 +25,8 @@ from dataclasses import dataclass, field, replace
 import cbor2
 
 from otrace.errors import IntegrityError
-from query._edb import (
-    EdbCodec,
-    EdbRow,
-    RawEntry,
-    bucket_count,
-    decode_postings,
-    encode_postings,
-)
+from query._edb import EdbCodec, EdbRow, RawEntry, bucket_count
+from query._postings import BlockSet
 from query._trapdoor import Locator, Trapdoors
 
 __all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
@@ -128,7 +122,7 @@ class Indexer:
         seg_id = state.next_segment
         trapdoor = self.trapdoor
         rows = self._rows(
-            seg_id, {trapdoor(w): encode_postings(blocks) for w, blocks in postings.items()}
+            seg_id, {trapdoor(w): BlockSet.of(blocks).encode() for w, blocks in postings.items()}
         )
         numbers = [b for b, _ in epoch.blocks]
         segment = Segment(
@@ -214,10 +208,7 @@ class Indexer:
 
 
 def _merged(raws: list[bytes]) -> bytes:
-    blocks: set[int] = set()
-    for raw in raws:
-        blocks.update(decode_postings(raw))
-    return encode_postings(sorted(blocks))
+    return BlockSet.union(BlockSet.decode(raw) for raw in raws).encode()
 
 
 def _catalogued(
