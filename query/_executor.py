@@ -20,13 +20,19 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from otrace.errors import IntegrityError, InvalidRequest
 from query._blocks import SpanRecord, traces_data, unpack_blocks
 from query._edb import EdbRow, slot_of
 from query._index import Indexer, IndexState, Segment
-from query._keywords import resource_keywords, service_keyword, span_keywords, trace_keyword
+from query._keywords import (
+    resource_keywords,
+    service_keyword,
+    span_keywords,
+    span_predicate,
+    trace_keyword,
+)
 from query._postings import EMPTY, BlockSet
 from query._trapdoor import TRAPDOOR_SIZE, locate
 
@@ -176,8 +182,9 @@ class QueryExecutor:
             )
             latest: dict[bytes, int] = {}  # matching trace -> its latest matching start
             resources: dict[bytes, frozenset[bytes]] = {}
+            checks: dict[bytes, Callable[[Span], bool]] = {}
             for record in unpack_blocks(data.values()):
-                start = self._match(record, request, resources)
+                start = self._match(record, request, resources, checks)
                 if start is not None and start > latest.get(record.trace_id, -1):
                     latest[record.trace_id] = start
             chosen = sorted(latest, key=latest.__getitem__, reverse=True)[: request.limit]
@@ -258,7 +265,11 @@ class QueryExecutor:
         return hmac.compare_digest(self._indexer.trapdoor(trace_keyword(record.trace_id)), trapdoor)
 
     def _match(
-        self, record: SpanRecord, request: SearchRequest, resources: dict[bytes, frozenset[bytes]]
+        self,
+        record: SpanRecord,
+        request: SearchRequest,
+        resources: dict[bytes, frozenset[bytes]],
+        checks: dict[bytes, Callable[[Span], bool]],
     ) -> int | None:
         """The span's start time if it satisfies every predicate, else None. `resources`
         caches each resource's keyword trapdoors (a block's spans share a few resources):
@@ -280,8 +291,29 @@ class QueryExecutor:
                     trapdoor(w) for w in resource_keywords(rs.resource)[1]
                 )
             rest = [td for td in request.terms if td not in shared]
-            if rest:
-                doors = {self._indexer.trapdoor(w) for w in span_keywords((), span)}
-                if not all(td in doors for td in rest):
-                    return None
+            if rest and not self._span_has(span, rest, checks):
+                return None
         return start
+
+    def _span_has(
+        self, span: Span, doors: Sequence[bytes], checks: dict[bytes, Callable[[Span], bool]]
+    ) -> bool:
+        """Whether the span's own keywords include every trapdoor. A trapdoor whose keyword
+        the enclave has computed before is checked directly (`checks` caches that per
+        search); the others by computing the span's keywords, which teaches the enclave
+        theirs."""
+        unknown = []
+        for td in doors:
+            check = checks.get(td)
+            if check is None:
+                word = self._indexer.keyword_of(td)
+                if word is None:
+                    unknown.append(td)
+                    continue
+                check = checks[td] = span_predicate(word)
+            if not check(span):
+                return False
+        if unknown:
+            own = {self._indexer.trapdoor(w) for w in span_keywords((), span)}
+            return all(td in own for td in unknown)
+        return True

@@ -99,6 +99,7 @@ class Indexer:
         self.retention_ns = retention_ns
         self.max_span_ns = max(60 * 10**9, retention_ns // 8)
         self._trapdoors: dict[str, bytes] = {}
+        self._keywords: dict[bytes, str] = {}  # the cache reversed
 
     def __repr__(self) -> str:
         return f"Indexer(fanout={self.fanout}, retention_ns={self.retention_ns})"
@@ -108,8 +109,14 @@ class Indexer:
         if found is None:
             if len(self._trapdoors) > 200_000:
                 self._trapdoors.clear()
+                self._keywords.clear()
             found = self._trapdoors[keyword] = self._trapdoor_for(keyword)
+            self._keywords[found] = keyword
         return found
+
+    def keyword_of(self, trapdoor: bytes) -> str | None:
+        """The keyword of a trapdoor this enclave computed recently (its own cache)."""
+        return self._keywords.get(trapdoor)
 
     # ------------------------------------------------------------------ epochs
 

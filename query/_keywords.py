@@ -19,7 +19,7 @@ stored but not indexed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -36,6 +36,7 @@ __all__ = [
     "service_keyword",
     "service_of",
     "span_keywords",
+    "span_predicate",
     "time_cover",
     "trace_keyword",
 ]
@@ -146,6 +147,47 @@ def span_keywords(
             *_duration_words(duration_bucket(span.end_time_unix_nano - start)),
         )
     )
+
+
+def span_predicate(keyword: str) -> Callable[[Span], bool]:
+    """Whether a span's own keywords (those `span_keywords((), span)` gives) include
+    `keyword`, decided without building them all: the search filter's fast path."""
+    prefix = keyword.partition(":")[0]
+    if prefix == "svc":
+        return lambda span: False  # a resource keyword only
+    if prefix == "attr":
+        return lambda span: _has_attribute(span.attributes, keyword)
+    if prefix == "name":
+        return lambda span: name_keyword(span.name) == keyword
+    if prefix == "trace":
+        return lambda span: trace_keyword(span.trace_id) == keyword
+    if prefix == "status":
+        return lambda span: _STATUS_WORDS.get(span.status.code, "status:unset") == keyword
+    if prefix == "kind":
+        return lambda span: _KIND_WORDS.get(span.kind, "kind:unspecified") == keyword
+    if prefix == "t":
+        return lambda span: keyword in _time_words(span.start_time_unix_nano // _MINUTE_NS)
+    if prefix == "dur":
+        return lambda span: (
+            keyword
+            in _duration_words(duration_bucket(span.end_time_unix_nano - span.start_time_unix_nano))
+        )
+    return lambda span: keyword in span_keywords((), span)
+
+
+def _has_attribute(attributes: Iterable[KeyValue], keyword: str) -> bool:
+    """`attr:<key>=<value>` among the attributes, comparing only keys that fit."""
+    for kv in attributes:
+        cut = 5 + len(kv.key)  # len("attr:") + key
+        if keyword.startswith(kv.key, 5) and keyword[cut : cut + 1] == "=":
+            rendered = render_value(kv.value)
+            if (
+                rendered is not None
+                and len(rendered) <= MAX_INDEXED_VALUE
+                and keyword[cut + 1 :] == rendered
+            ):
+                return True
+    return False
 
 
 @functools.lru_cache(maxsize=4096)

@@ -17,7 +17,7 @@ CODEC = EdbCodec(b"\x07" * 32)
 
 
 @given(
-    entries=st.lists(st.sets(st.integers(0, 2**22), max_size=200), max_size=40),
+    entries=st.lists(st.sets(st.integers(0, 2**16), max_size=200), max_size=40),
     segment=st.integers(0, 2**30),
     bucket=st.integers(0, 2**31),
 )

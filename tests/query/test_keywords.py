@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -12,6 +13,7 @@ from query._keywords import (
     duration_cover,
     resource_keywords,
     span_keywords,
+    span_predicate,
     time_cover,
 )
 
@@ -99,3 +101,51 @@ def test_the_duration_cover_holds_every_duration_in_the_range(
     b = duration_bucket(low + round(probe * (high - low)))
     assert {f"dur:0:{b}", f"dur:2:{b >> 2}", f"dur:4:{b >> 4}"} & cover
     assert duration_cover(high + 1, high) == []
+
+
+_NAMES = st.sampled_from(["a", "a=b", "k", "k=", "=", "http.route", "x" * 260])
+_VALUES = st.one_of(
+    st.text(max_size=5), st.integers(-3, 3), st.booleans(), st.sampled_from(["1", "true", "=v"])
+)
+
+
+@given(
+    attrs=st.lists(st.tuples(_NAMES, _VALUES), max_size=5),
+    name=st.sampled_from(["GET /", "a=b", ""]),
+    kind=st.integers(0, 5),
+    status=st.integers(0, 2),
+    start=st.integers(0, 10**18),
+    duration=st.integers(0, 10**12),
+    probes=st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+)
+def test_span_predicates_agree_with_the_span_keywords(
+    attrs: list[tuple[str, str | int | bool]],
+    name: str,
+    kind: int,
+    status: int,
+    start: int,
+    duration: int,
+    probes: list[tuple[str, str | int | bool]],
+) -> None:
+    """The search filter's fast path says yes exactly for the span's own keywords."""
+    span = Span(trace_id=bytes(range(16)), span_id=b"\x01" * 8, name=name, kind=kind)
+    span.status.code = status
+    span.start_time_unix_nano, span.end_time_unix_nano = start, start + duration
+    for key, value in attrs:
+        _set(span.attributes.add(key=key).value, value)
+    own = span_keywords((), span)
+    other = Span(name="other", trace_id=b"\x02" * 16, start_time_unix_nano=7, end_time_unix_nano=9)
+    for key, value in probes:
+        _set(other.attributes.add(key=key).value, value)
+    candidates = own | span_keywords((), other) | {"svc:checkout", "attr:a", "bogus"}
+    for word in candidates:
+        assert span_predicate(word)(span) == (word in own), word
+
+
+def _set(value: AnyValue, raw: str | int | bool) -> None:
+    if isinstance(raw, bool):
+        value.bool_value = raw
+    elif isinstance(raw, int):
+        value.int_value = raw
+    else:
+        value.string_value = raw
