@@ -1,8 +1,14 @@
 """Trapdoors and EDB slots: the only keyword-derived values that leave a key holder.
 
-    trapdoor  K_w = HMAC-SHA256(K_index, "otrace/query/v1/keyword\\0" || w)
-    locator   t   = HMAC-SHA256(K_w, "otrace/query/v2/slot\\0" || segment id)
-    bucket    = first 8 bytes of t mod (the segment's bucket count, a power of two)
+    trapdoor  K_w = BLAKE2b-256(key=K_index, person="otrace/query/kw", w)
+    locator   t   = BLAKE2b-64(key=K_w, person="otrace/query/loc", segment id)
+    bucket    = t mod (the segment's bucket count, a power of two)
+
+Keyed BLAKE2b (RFC 7693, from `hashlib`) is a PRF, as HMAC-SHA256 is; it
+replaced HMAC here because ingest computes both values for every distinct
+keyword of every epoch and again at every compaction level: 0.8 us a
+trapdoor (keyed state copied) and 1.2 us a locator, against 4.9 and 3.2 us
+for HMAC on this machine. The personalisation strings separate the two uses.
 
 Inside its (encrypted) bucket a keyword's entry is keyed by its trapdoor, which
 the enclave compares with the one it was sent, and which compaction re-locates
@@ -18,15 +24,14 @@ computed yet (forward privacy).
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 from otrace.errors import InvalidRequest
 
 __all__ = ["TRAPDOOR_SIZE", "Locator", "Trapdoors", "locate", "trapdoor_for"]
 
 TRAPDOOR_SIZE = 32
-_KEYWORD = b"otrace/query/v1/keyword\x00"
-_SLOT = b"otrace/query/v2/slot\x00"
+_KEYWORD = b"otrace/query/kw"  # BLAKE2b personalisation: at most 16 bytes
+_SLOT = b"otrace/query/loc"
 
 
 def trapdoor_for(index_key: bytes, keyword: str) -> bytes:
@@ -35,13 +40,13 @@ def trapdoor_for(index_key: bytes, keyword: str) -> bytes:
 
 
 class Trapdoors:
-    """`trapdoor_for` under one key, keyed once (an HMAC state copied per keyword is
-    about twice as fast as keying HMAC for every keyword: the ingest hot path)."""
+    """`trapdoor_for` under one key, keyed once (a keyed state copied per keyword is
+    about twice as fast as keying for every keyword: the ingest hot path)."""
 
     __slots__ = ("_base",)
 
     def __init__(self, index_key: bytes) -> None:
-        self._base = hmac.new(index_key, _KEYWORD, hashlib.sha256)
+        self._base = hashlib.blake2b(key=index_key, person=_KEYWORD, digest_size=TRAPDOOR_SIZE)
 
     def __repr__(self) -> str:
         return "Trapdoors()"
@@ -67,9 +72,9 @@ class Locator:
     __slots__ = ("_mask", "_message")
 
     def __init__(self, segment: int, buckets: int) -> None:
-        self._message = _SLOT + segment.to_bytes(8, "big")
+        self._message = segment.to_bytes(8, "big")
         self._mask = buckets - 1
 
     def __call__(self, trapdoor: bytes) -> int:
-        t = hmac.digest(trapdoor, self._message, "sha256")
-        return int.from_bytes(t[:8], "big") & self._mask
+        t = hashlib.blake2b(self._message, key=trapdoor, person=_SLOT, digest_size=8).digest()
+        return int.from_bytes(t, "big") & self._mask
