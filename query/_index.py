@@ -129,7 +129,7 @@ class Indexer:
         seg_id = state.next_segment
         trapdoor = self.trapdoor
         rows = self._rows(
-            seg_id, {trapdoor(w): BlockSet.of(blocks).encode() for w, blocks in postings.items()}
+            seg_id, {trapdoor(w): BlockSet.encode_sorted(blocks) for w, blocks in postings.items()}
         )
         numbers = [b for b, _ in epoch.blocks]
         segment = Segment(

@@ -17,7 +17,7 @@ tenth of a search and most of a compaction merge.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otrace.errors import IntegrityError
@@ -127,18 +127,21 @@ class BlockSet:
         """The smaller-in-practice encoding; see the module docstring."""
         count = len(self)
         width = self.mask.bit_length()
-        if count and width <= _BITMAP_BITS_PER_BLOCK * count:
+        if count > 1 and width <= _BITMAP_BITS_PER_BLOCK * count:
             return (
                 bytes([_BITMAP])
                 + _varint(self.base)
                 + self.mask.to_bytes((width + 7) // 8, "little")
             )
-        out = bytearray([_LIST])
-        previous = 0
-        for block in self.blocks():
-            out += _varint(block - previous)
-            previous = block
-        return bytes(out)
+        return _varint_list(self.blocks())
+
+    @staticmethod
+    def encode_sorted(blocks: Sequence[int]) -> bytes:
+        """`BlockSet.of(blocks).encode()` for ascending distinct numbers, without building
+        the mask of a sparse list (ingest encodes ~3.5 one-block id lists per span)."""
+        if len(blocks) < 2 or blocks[-1] - blocks[0] >= _BITMAP_BITS_PER_BLOCK * len(blocks):
+            return _varint_list(blocks)
+        return BlockSet.of(blocks).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> BlockSet:
@@ -166,6 +169,15 @@ def _varint(value: int) -> bytes:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
+    return bytes(out)
+
+
+def _varint_list(blocks: Iterable[int]) -> bytes:
+    out = bytearray([_LIST])
+    previous = 0
+    for block in blocks:
+        out += _varint(block - previous)
+        previous = block
     return bytes(out)
 
 
