@@ -118,12 +118,13 @@ class FunctionHost:
         check_fresh(manifest, meta, now_ms, self._started_ms)
         check_place(manifest, meta, self.function)
         self._replay.check(meta.request_id, meta.step)
-        args, carrier = open_payload(
-            self.secrets.key(manifest, meta.step, meta.request_id), message
-        )
+        following = meta.step + 1
+        # Both keys back to back: the KDF runs warm, where after the function body it ran cold.
+        key_in = self.secrets.key(manifest, meta.step, meta.request_id)
+        key_out = self.secrets.key(manifest, following, meta.request_id)
+        args, carrier = open_payload(key_in, message)
         self._replay.record(meta.request_id, meta.step, meta.expires_at_ms, now_ms)
         result, out_carrier = self._run(meta, args, carrier)
-        following = meta.step + 1
         out_meta = HopMetadata(
             meta.request_id,
             meta.chain_id,
@@ -132,9 +133,9 @@ class FunctionHost:
             meta.manifest_hash,
             meta.expires_at_ms,
         )
-        key = self.secrets.key(manifest, following, meta.request_id)
         payload = {"args": result, "carrier": out_carrier}
-        return key.seal(out_meta, message.manifest, message.tag, payload, self._rng(12)).to_bytes()
+        sealed = key_out.seal(out_meta, message.manifest, message.tag, payload, self._rng(12))
+        return sealed.to_bytes()
 
     def _manifest(self, message: ChainMessage) -> ChainManifest:
         # Keyed by the signed bytes: a manifest is parsed and verified once per host.

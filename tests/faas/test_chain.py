@@ -272,8 +272,10 @@ def test_replay_guard_forgets_expired_entries() -> None:
     assert len(guard) == 1
 
 
-def test_hop_key_is_not_printed() -> None:
+def test_hop_key_is_not_printed(chain: Chain) -> None:
     assert "HopKey(...)" == repr(HopKey(b"k" * 32, b"r" * 16))
+    pending, _ = chain.gateway.begin(ORDER)
+    assert pending.final_key is not None and "final_key" not in repr(pending)
 
 
 def test_unprotected_mode_runs_the_same_chain(tmp_path: Path) -> None:
