@@ -103,6 +103,7 @@ class FunctionHost:
         self._started_ms = _ms(clock())
         self._replay = ReplayGuard()
         self._manifests: dict[bytes, ChainManifest] = {}
+        self._plain_manifests: dict[bytes, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"FunctionHost({self.function.name}, protect={self._protect})"
@@ -184,7 +185,7 @@ class FunctionHost:
         meta = message.metadata
         args, carrier = _payload(decode_plain(message.ciphertext), meta)
         result, out_carrier = self._run(meta, args, carrier)
-        names = decode_plain(message.manifest)
+        names = self._plain_names(message.manifest)
         following = meta.step + 1
         receiver = names[following] if following < len(names) else "gateway"
         out_meta = HopMetadata(
@@ -196,6 +197,16 @@ class FunctionHost:
             meta.expires_at_ms,
         )
         return plain_message(out_meta, message.manifest, {"args": result, "carrier": out_carrier})
+
+    def _plain_names(self, manifest: bytes) -> list[str]:
+        # Cached like the protected path's manifests, so the baseline is not slowed by re-parsing.
+        names = self._plain_manifests.get(manifest)
+        if names is None:
+            names = decode_plain(manifest)
+            if len(self._plain_manifests) >= _MAX_MANIFESTS:
+                self._plain_manifests.clear()
+            self._plain_manifests[manifest] = names
+        return names
 
 
 def check_fresh(manifest: ChainManifest, meta: HopMetadata, now_ms: int, started_ms: int) -> None:
