@@ -37,9 +37,9 @@ from tee import (
     SECURITY_VERSION,
     AuditHook,
     Enclave,
+    GrpcServer,
     Kms,
     KmsPolicy,
-    KmsServer,
     Platform,
     PolicyRule,
     ProducerCa,
@@ -63,7 +63,7 @@ class Node:
     def __init__(self, settings: Settings, *, audit: AuditHook | None = None) -> None:
         self.settings = settings
         self._audit = audit
-        self._kms_server: KmsServer | None = None
+        self._kms_server: GrpcServer | None = None
         self.kms_target = ""
         self.kms_key = b""
         self.enclave: Enclave | None = None

@@ -10,6 +10,7 @@ from tee._channel import AttestedChannel, ChannelKey, EnclaveHello, accept_encla
 from tee._counter import FreshnessCounter, MonotonicCounter
 from tee._enclave import AuditHook, Ecall, EcallTable, Enclave
 from tee._files import read_private_file, write_private_file
+from tee._grpc_server import GrpcServer
 from tee._identity import (
     SECURITY_VERSION,
     TRUSTED_PACKAGES,
@@ -22,7 +23,6 @@ from tee._kms import Kms, ReleaseRequest, ReleaseResponse
 from tee._kms_client import KmsClient
 from tee._kms_service import (
     GrpcKmsTransport,
-    KmsServer,
     KmsTransport,
     LocalKmsTransport,
     error_from_rpc,
@@ -56,10 +56,10 @@ __all__ = [
     "EnclaveIdentity",
     "FreshnessCounter",
     "GrpcKmsTransport",
+    "GrpcServer",
     "Kms",
     "KmsClient",
     "KmsPolicy",
-    "KmsServer",
     "KmsTransport",
     "LocalKmsTransport",
     "MonotonicCounter",

@@ -28,13 +28,13 @@ import grpc
 from otrace import errors
 from otrace.errors import InvalidRequest, OTraceError, UnavailableError
 from tee._encoding import decode_canonical, encode_canonical, expect_bytes, expect_map
+from tee._grpc_server import GrpcServer
 from tee._kms import Kms, ReleaseRequest, ReleaseResponse
 from tee._policy import SignedPolicy
 
 __all__ = [
     "SERVICE",
     "GrpcKmsTransport",
-    "KmsServer",
     "KmsTransport",
     "LocalKmsTransport",
     "decode_message",
@@ -200,21 +200,7 @@ class GrpcKmsTransport:
         self._channel.close()
 
 
-class KmsServer:
-    """A running gRPC KMS server; `port` is the bound port (useful with port 0)."""
-
-    def __init__(self, server: grpc.Server, port: int) -> None:
-        self._server = server
-        self.port = port
-
-    def wait(self) -> None:
-        self._server.wait_for_termination()
-
-    def stop(self, grace: float | None = 1.0) -> None:
-        self._server.stop(grace).wait()
-
-
-def serve_kms(kms: Kms, listen: str, *, workers: int = 4) -> KmsServer:
+def serve_kms(kms: Kms, listen: str, *, workers: int = 4) -> GrpcServer:
     """Start serving `kms` on `listen` (`host:port`, port 0 picks a free one)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     methods = {
@@ -227,7 +213,7 @@ def serve_kms(kms: Kms, listen: str, *, workers: int = 4) -> KmsServer:
     except RuntimeError as exc:
         raise UnavailableError(f"cannot listen on {listen}: {exc}") from None
     server.start()
-    return KmsServer(server, port)
+    return GrpcServer(server, port)
 
 
 def _grpc_method(handler: Callable[[bytes], bytes]) -> Callable[[bytes, Any], bytes]:

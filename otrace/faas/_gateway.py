@@ -31,7 +31,13 @@ from opentelemetry.trace import (
 from otrace.errors import ChainViolation, ConfigError
 from otrace.faas._function import GATEWAY, measure_source
 from otrace.faas._manifest import SignedManifest
-from otrace.faas._message import REQUEST_ID_SIZE, ChainMessage, HopMetadata, peek_metadata
+from otrace.faas._message import (
+    REQUEST_ID_SIZE,
+    ChainMessage,
+    HopKey,
+    HopMetadata,
+    peek_metadata,
+)
 from otrace.faas._tracing import inject_context
 from otrace.faas._transport import Transport
 from otrace.faas._worker import HopSecrets, decode_plain, open_payload, plain_message
@@ -55,6 +61,8 @@ class PendingRequest:
     request_id: bytes
     expires_at_ms: int
     span: Span = field(repr=False)
+    #: The key of the final hop (answer to the gateway), derived in `begin` next to hop 0's.
+    final_key: HopKey | None = field(default=None, repr=False)
 
 
 class Gateway:
@@ -127,10 +135,14 @@ class Gateway:
         payload = {"args": args, "carrier": inject_context(context)}
         receiver = m.receiver(0)
         meta = HopMetadata(request_id, m.chain_id, 0, receiver.name, self.signed.digest, expires)
-        pending = PendingRequest(request_id, expires, span)
         if not self._protect:
+            pending = PendingRequest(request_id, expires, span)
             return pending, plain_message(meta, self._wire_manifest, payload)
+        # Both of the request's gateway keys at once: back to back the KDF runs with warm
+        # caches, while in `finish`, after the whole chain ran, it would start cold.
         hop_key = self.secrets.key(m, 0, request_id)
+        final_key = self.secrets.key(m, m.length, request_id)
+        pending = PendingRequest(request_id, expires, span, final_key)
         sealed = hop_key.seal(meta, self._wire_manifest, b"", payload, self._rng(12))
         return pending, sealed.to_bytes()
 
@@ -141,7 +153,9 @@ class Gateway:
             if not self._protect:
                 return decode_plain(message.ciphertext)["args"]
             self._check_final(pending, message.metadata)
-            key = self.secrets.key(self.manifest, self.manifest.length, pending.request_id)
+            key = pending.final_key
+            if key is None:
+                key = self.secrets.key(self.manifest, self.manifest.length, pending.request_id)
             args, _ = open_payload(key, message)
             return args
         finally:

@@ -57,6 +57,7 @@ class ChainManifest:
     request_ttl_ms: int = 60_000
     _digest: bytes = field(init=False, repr=False, compare=False, default=b"")
     _hop_secrets: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+    _receivers: tuple[FunctionEntry, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         check_function_name(self.chain_id)
@@ -70,9 +71,11 @@ class ChainManifest:
             raise ConfigError("request_ttl_ms and not_after_ms must be positive")
         # Hot on every hop: computed once (the manifest is immutable).
         object.__setattr__(self, "_digest", hashlib.sha256(self.to_bytes()).digest())
+        receivers = (*self.functions, FunctionEntry(GATEWAY, self.gateway))
+        object.__setattr__(self, "_receivers", receivers)
         names = tuple(
-            hop_secret_name(self.chain_id, step, self.receiver(step).measurement)
-            for step in range(self.length + 1)
+            hop_secret_name(self.chain_id, step, entry.measurement)
+            for step, entry in enumerate(receivers)
         )
         object.__setattr__(self, "_hop_secrets", names)
 
@@ -121,11 +124,9 @@ class ChainManifest:
 
     def receiver(self, step: int) -> FunctionEntry:
         """Who receives hop `step`: a function, or the gateway for the final hop."""
-        if step == self.length:
-            return FunctionEntry(GATEWAY, self.gateway)
-        if not 0 <= step < self.length:
+        if not 0 <= step < len(self._receivers):
             raise ChainViolation(f"step {step} is outside chain {self.chain_id!r}")
-        return self.functions[step]
+        return self._receivers[step]
 
     def steps_of(self, measurement: bytes) -> list[int]:
         """The steps the function with `measurement` runs in this chain."""
@@ -164,6 +165,11 @@ class SignedManifest:
     manifest: bytes
     owner: bytes
     signature: bytes
+    _digest: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        # Every request the gateway sends names it; computed once (the bytes are immutable).
+        object.__setattr__(self, "_digest", hashlib.sha256(self.manifest).digest())
 
     def to_bytes(self) -> bytes:
         return encode_canonical([self.manifest, self.owner, self.signature])
@@ -184,7 +190,8 @@ class SignedManifest:
 
     @property
     def digest(self) -> bytes:
-        return hashlib.sha256(self.manifest).digest()
+        """SHA-256 of the manifest bytes: the `manifest_hash` hops name."""
+        return self._digest
 
     def verified(self, owners: Collection[bytes]) -> ChainManifest:
         """The manifest, if one of the pinned `owners` signed it; else `ChainViolation`."""

@@ -32,7 +32,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from otrace.errors import ChainViolation
-from tee._encoding import decode_canonical, encode_canonical, expect_bytes, expect_int, expect_map
+from tee._encoding import (
+    decode_canonical,
+    encode_canonical,
+    encode_presorted,
+    expect_bytes,
+    expect_int,
+    expect_map,
+)
 
 __all__ = ["ChainMessage", "HopKey", "HopMetadata", "associated_data", "peek_metadata"]
 
@@ -58,13 +65,14 @@ class HopMetadata:
     expires_at_ms: int
 
     def to_map(self) -> dict[str, object]:
+        """The fields as a map, keys in canonical CBOR order (shorter first, then bytewise)."""
         return {
-            "request_id": self.request_id,
-            "chain_id": self.chain_id,
             "step": self.step,
-            "next_function": self.next_function,
-            "manifest_hash": self.manifest_hash,
+            "chain_id": self.chain_id,
+            "request_id": self.request_id,
             "expires_at_ms": self.expires_at_ms,
+            "manifest_hash": self.manifest_hash,
+            "next_function": self.next_function,
         }
 
     @classmethod
@@ -135,7 +143,12 @@ def peek_metadata(data: bytes) -> HopMetadata:
 
 
 def associated_data(metadata: HopMetadata, previous_tag: bytes) -> bytes:
-    return _AD_LABEL + encode_canonical([metadata.to_map(), previous_tag])
+    """`otrace/faas/v1/hop\\0` + canonical CBOR [metadata, previous_tag].
+
+    Built on every seal and open: `to_map` lists the keys in canonical order, so
+    the encoder skips sorting and yields the same bytes as `encode_canonical`.
+    """
+    return _AD_LABEL + encode_presorted([metadata.to_map(), previous_tag])
 
 
 class HopKey:
@@ -171,10 +184,9 @@ class HopKey:
     def open(self, message: ChainMessage) -> Any:
         """Authenticate and decrypt; a splice or any altered byte raises `ChainViolation`."""
         meta = message.metadata
-        where = f"hop {meta.step} of request {meta.request_id.hex()}"
         if not hmac.compare_digest(message.key_id, self.key_id):
             raise ChainViolation(
-                f"splice: {where} was not sealed for this request, step and function "
+                f"splice: {_where(meta)} was not sealed for this request, step and function "
                 "(taken from another request, or relabelled)"
             )
         try:
@@ -183,10 +195,14 @@ class HopKey:
             )
         except InvalidTag:
             raise ChainViolation(
-                f"tampered: {where} failed authentication (ciphertext, metadata or "
+                f"tampered: {_where(meta)} failed authentication (ciphertext, metadata or "
                 "previous tag altered)"
             ) from None
         try:
             return decode_canonical(plaintext)
         except ValueError:
-            raise ChainViolation(f"{where} holds a malformed payload") from None
+            raise ChainViolation(f"{_where(meta)} holds a malformed payload") from None
+
+
+def _where(meta: HopMetadata) -> str:
+    return f"hop {meta.step} of request {meta.request_id.hex()}"

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import grpc
 
 from otrace.errors import OTraceError, UnavailableError
-from tee import error_from_rpc
+from tee import GrpcServer, error_from_rpc
 
 __all__ = ["GrpcServer", "GrpcTransport", "LocalTransport", "Transport", "serve_bytes"]
 
@@ -64,20 +64,6 @@ class GrpcTransport:
 
     def close(self) -> None:
         self._channel.close()
-
-
-class GrpcServer:
-    """A running role server; `port` is the bound port (useful with port 0)."""
-
-    def __init__(self, server: grpc.Server, port: int) -> None:
-        self._server = server
-        self.port = port
-
-    def wait(self) -> None:
-        self._server.wait_for_termination()
-
-    def stop(self, grace: float | None = 1.0) -> None:
-        self._server.stop(grace).wait()
 
 
 def serve_bytes(methods: Mapping[str, Handler], listen: str, *, workers: int = 8) -> GrpcServer:

@@ -8,6 +8,7 @@ it targeted must not run (the CALLS counter stays put).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +174,37 @@ def test_manifest_swap_is_refused(chain: Chain) -> None:
         )
 
 
+def test_manifest_cache_cannot_be_abused(chain: Chain) -> None:
+    """Once a host has verified and cached the manifest, nothing but those exact bytes hits it."""
+    first, second = hops(chain, 1)[1], hops(chain, 1)[1]
+    price = chain.hosts["price"]
+    price.handle(first)  # verifies the owner signature once and caches the manifest
+    signed = chain.signed
+    # The same manifest bytes under a corrupted signature: other signed bytes, checked afresh.
+    bad_signature = dataclasses.replace(signed, signature=bytes(64))
+    with refused("signature does not verify"):
+        price.handle(edit(second, manifest=bad_signature.to_bytes()))
+    # Another manifest with the same chain id, named consistently in the metadata.
+    other = chain.sign(dataclasses.replace(chain.manifest, request_ttl_ms=30_000))
+    assert other.digest != signed.digest
+    with refused("tampered: hop 1"):
+        price.handle(edit(second, manifest=other.to_bytes(), manifest_hash=other.digest))
+    # The same chain id signed by a key the host does not pin.
+    stranger = sign_manifest(chain.manifest, Ed25519PrivateKey.generate())
+    with refused("not signed by a pinned chain owner"):
+        price.handle(edit(second, manifest=stranger.to_bytes(), manifest_hash=stranger.digest))
+    # The cached manifest under metadata naming another one.
+    with refused("manifest swap"):
+        price.handle(edit(second, manifest_hash=other.digest))
+    price.handle(second)  # the genuine message still runs
+
+
+def test_signed_manifest_digest_follows_its_bytes(chain: Chain) -> None:
+    other = chain.sign(dataclasses.replace(chain.manifest, request_ttl_ms=30_000))
+    relabelled = dataclasses.replace(chain.signed, manifest=other.manifest)
+    assert relabelled.digest == hashlib.sha256(other.manifest).digest() == other.digest
+
+
 def test_expired_request_is_refused(chain: Chain) -> None:
     to_price = hops(chain, 1)[1]
     chain.clock.now += 61
@@ -240,8 +272,10 @@ def test_replay_guard_forgets_expired_entries() -> None:
     assert len(guard) == 1
 
 
-def test_hop_key_is_not_printed() -> None:
+def test_hop_key_is_not_printed(chain: Chain) -> None:
     assert "HopKey(...)" == repr(HopKey(b"k" * 32, b"r" * 16))
+    pending, _ = chain.gateway.begin(ORDER)
+    assert pending.final_key is not None and "final_key" not in repr(pending)
 
 
 def test_unprotected_mode_runs_the_same_chain(tmp_path: Path) -> None:
