@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from otrace.bench._options import write_json
 from otrace.bench.election import (
     PHASES,
     ElectionBenchConfig,
@@ -69,9 +69,7 @@ def election_command(replicas: tuple[int, ...], terms: int, json_path: Path | No
 
         report = run_election_bench(config, progress)
     console.print(_table(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        console.print(f"JSON written to {json_path}")
+    write_json(console, json_path, report.to_json())
 
 
 def _table(report: ElectionBenchReport) -> Table:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
+
+from otrace.bench._options import json_option, write_json
 
 __all__ = ["faas_command"]
 
@@ -24,12 +25,7 @@ __all__ = ["faas_command"]
     help="grpc: each role a loopback gRPC server; local: in-memory calls.",
 )
 @click.option("--cold-starts", default=5, show_default=True, help="Fresh deployments timed.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the figures as JSON to this file.",
-)
+@json_option
 def faas_command(
     invocations: int, arg_bytes: int, transport: str, cold_starts: int, json_path: Path | None
 ) -> None:
@@ -76,6 +72,4 @@ def faas_command(
         f"({figures['added_p50_ms']:+.3f} ms per invocation at p50); "
         f"cold start / warm p50: {report.cold_start.p50 / report.protected.p50:.1f}x"
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps(figures, indent=2) + "\n")
-        console.print(f"JSON written to {json_path}")
+    write_json(console, json_path, figures)

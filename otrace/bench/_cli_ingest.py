@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from otrace.bench._options import dir_option, json_option, write_json
 from otrace.bench.ingest import IngestBenchConfig, run_ingest_bench
 
 __all__ = ["ingest_command"]
@@ -24,18 +24,8 @@ __all__ = ["ingest_command"]
 @click.option("--oram-blocks", default=1 << 16, show_default=True, help="Node ORAM capacity.")
 @click.option("--batch", default=32, show_default=True, help="ORAM batch size (blocks/commit).")
 @click.option("--verify", is_flag=True, help="Read every span back through the ORAM too.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the figures as JSON to this file.",
-)
-@click.option(
-    "--dir",
-    "work_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Where the temporary nodes live (deleted afterwards).",
-)
+@json_option
+@dir_option
 def ingest_command(json_path: Path | None, work_dir: Path | None, **options: Any) -> None:
     """Ingest throughput: a node under OTLP/gRPC load, ORAM vs encrypted mode.
 
@@ -64,9 +54,7 @@ def ingest_command(json_path: Path | None, work_dir: Path | None, **options: Any
     console.print(
         f"ORAM mode runs at {oram:.0%} of encrypted mode; lost spans: {report['lost_spans']}"
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"JSON written to {json_path}")
+    write_json(console, json_path, report)
 
 
 def _table(report: dict[str, Any]) -> Table:

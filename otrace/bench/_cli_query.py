@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from otrace.bench._options import dir_option, json_option, write_json
 from otrace.bench.query import QueryBenchConfig, run_query_bench
 
 __all__ = ["query_command"]
@@ -22,18 +22,8 @@ __all__ = ["query_command"]
 @click.option("--oram-blocks", default=1 << 16, show_default=True, help="Node ORAM capacity.")
 @click.option("--search-reads", default=64, show_default=True, help="ORAM reads per search.")
 @click.option("--trace-reads", default=16, show_default=True, help="ORAM reads per trace lookup.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the figures as JSON to this file.",
-)
-@click.option(
-    "--dir",
-    "work_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Where the temporary nodes live (deleted afterwards).",
-)
+@json_option
+@dir_option
 def query_command(json_path: Path | None, work_dir: Path | None, **options: Any) -> None:
     """Query latency: trace by id and search, ORAM vs encrypted mode.
 
@@ -77,6 +67,4 @@ def query_command(json_path: Path | None, work_dir: Path | None, **options: Any)
         f"ORAM / encrypted p50: trace {report['trace_by_id_p50_vs_encrypted']:.2f}x, "
         f"search {report['search_p50_vs_encrypted']:.2f}x"
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"JSON written to {json_path}")
+    write_json(console, json_path, report)
