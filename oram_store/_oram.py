@@ -394,7 +394,11 @@ class PathOram:
             if node < limit:
                 self._cache[node] = bucket
         if self._counter is not None:
-            self._counter.advance(state.seq)
+            # The commit is durable; the counter only has to trail it. Syncing it at
+            # checkpoints alone bounds what an OS crash can take back (SECURITY.md).
+            self._counter.advance(
+                state.seq, durable=state.seq % self.params.checkpoint_every == 0
+            )
         s = self.stats
         s.batches += 1
         s.logical_accesses += ops

@@ -225,6 +225,17 @@ def test_counter_advances_with_commits(store_url: str, make_store: MakeStore) ->
     assert counter.current() == oram.seq == 5
 
 
+def test_counter_is_synced_at_checkpoints_and_written_after_every_commit(
+    store_url: str, make_store: MakeStore
+) -> None:
+    counter = MemoryCounter()
+    oram = new_oram(make_store(store_url), counter=counter, checkpoint_every=8)
+    for i in range(21):
+        oram.write(i, block(i))
+    # What an OS crash could take back: the commits since the last checkpoint.
+    assert (counter.current(), counter.durable) == (21, 16)
+
+
 def test_a_delta_carries_only_the_batchs_stash_data(store_url: str, make_store: MakeStore) -> None:
     store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=256, block_size=256, batch_size=2, checkpoint_every=1000, slots=2)
