@@ -27,7 +27,7 @@ class OramParams:
     """Geometry of one Path ORAM tree.
 
     `height` L is the smallest with 2**L >= blocks / slots: 2**L leaves and
-    2**(L+1) - 1 buckets of `slots` (Z) blocks each, so between 2 and 4 slots
+    2**(L+1) - 1 buckets of `slots` (Z) blocks each, so about 2 to 4 slots
     per logical block (utilisation 25-50%; with Z=4 and N a power of two,
     N/4 leaves and 50%, as in Ren et al., USENIX Security'15). `stash_bound`
     is the largest stash carried between batches; the persisted stash is always
