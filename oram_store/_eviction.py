@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 __all__ = ["evict", "path_nodes"]
 
@@ -25,6 +25,7 @@ def evict(
     nodes: set[int],
     stash: Iterable[int],
     leaf_of: Callable[[int], int],
+    resident: Container[int] = (),
 ) -> tuple[dict[int, list[int]], list[int]]:
     """Places stash blocks as deep as possible in `nodes` (a union of whole paths).
 
@@ -32,6 +33,14 @@ def evict(
     then filled deepest first, and what does not fit moves to the parent. This
     is Path ORAM's greedy eviction generalised to several paths at once.
     Returns `({node: [block, ...]}, [blocks left in the stash])`.
+
+    Blocks waiting at one node can all go to the same ancestors, so which of
+    them a full node keeps does not change how many are placed (greedy is
+    optimal either way). A full node keeps `resident` blocks first: the blocks
+    read from these paths and not remapped, which had a valid placement in
+    `nodes` before, so all of them are placed again and only blocks already in
+    the stash or remapped by this batch can be left over. That bounds what a
+    state delta must carry (`StateCodec.delta`).
     """
     base = 1 << height
     candidates: dict[int, list[int]] = {}
@@ -46,6 +55,8 @@ def evict(
         waiting = candidates.pop(node, None)
         if not waiting:
             continue
+        if len(waiting) > slots:
+            waiting.sort(key=lambda b: b not in resident)  # stable: residents first
         placed[node] = waiting[:slots]
         if len(waiting) > slots:
             if node == 1:

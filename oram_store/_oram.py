@@ -25,7 +25,7 @@ import numpy as np
 from oram_store._audit import AuditReport, audit_tree
 from oram_store._codec import EMPTY_DIGEST, Bucket, BucketCodec
 from oram_store._eviction import evict, path_nodes
-from oram_store._params import EMPTY_SLOT, OramParams
+from oram_store._params import EMPTY_SLOT, FORMAT, OramParams
 from oram_store._state import ClientState, FreshnessCounter, StateCodec, StateSealer, check_fresh
 from oram_store._store import BucketStore, TreeTransaction
 from otrace.errors import (
@@ -126,6 +126,7 @@ class PathOram:
         progress: ProgressCallback | None = None,
     ) -> PathOram:
         """Writes a new tree of empty buckets in one streaming pass and opens it."""
+        _check_format(params)
         rng = rng or os.urandom
         codec = BucketCodec(params, key)
         states = StateCodec(params, sealer)
@@ -174,6 +175,7 @@ class PathOram:
                 "(never created, or its creation was interrupted: create it again)"
             )
         params = open_meta(meta, tree_id, sealer)
+        _check_format(params)
         states = StateCodec(params, sealer)
         with store.transaction(tree_id) as txn:
             state = states.restore(txn.load_state())
@@ -243,13 +245,16 @@ class PathOram:
             fetch = sorted(n for n in nodes if n >= 1 << self._cache_levels)
             old = self._fetch(txn, fetch, self._cache)
             stash = dict(self._state.stash)
+            resident: set[int] = set()
             for node in nodes:
                 bucket = old[node]
                 for block, data in zip(bucket.ids, bucket.data, strict=True):
                     if block != EMPTY_SLOT:
                         stash[block] = data
+                        resident.add(block)
+            resident.difference_update(remap)
             results = self._serve(ops, stash)
-            new, root = self._write_back(txn, nodes, old, stash, remap, seq)
+            new, root = self._write_back(txn, nodes, old, stash, remap, seq, resident)
             state = self._commit_state(txn, seq, root, stash, remap)
             if in_transaction is not None:
                 in_transaction(txn, seq)
@@ -310,11 +315,17 @@ class PathOram:
         stash: dict[int, bytes],
         remap: dict[int, int],
         seq: int,
+        resident: set[int],
     ) -> tuple[dict[int, Bucket], bytes]:
         p = self.params
         positions = self._state.positions
         placed, _ = evict(
-            p.height, p.slots, nodes, stash, lambda b: remap[b] if b in remap else int(positions[b])
+            p.height,
+            p.slots,
+            nodes,
+            stash,
+            lambda b: remap[b] if b in remap else int(positions[b]),
+            resident,
         )
         leaf_base = 1 << p.height
         new: dict[int, Bucket] = {}
@@ -360,7 +371,9 @@ class PathOram:
             txn.prune_state(seq)
             return state
         state = ClientState(seq, root, self._state.positions, stash)
-        txn.append_state(self._states.delta(state, remap.items()))
+        before = self._state.stash
+        changed = {b: data for b, data in stash.items() if b in remap or b not in before}
+        txn.append_state(self._states.delta(state, remap.items(), changed))
         return state
 
     def _after_commit(
@@ -381,7 +394,11 @@ class PathOram:
             if node < limit:
                 self._cache[node] = bucket
         if self._counter is not None:
-            self._counter.advance(state.seq)
+            # The commit is durable; the counter only has to trail it. Syncing it at
+            # checkpoints alone bounds what an OS crash can take back (SECURITY.md).
+            self._counter.advance(
+                state.seq, durable=state.seq % self.params.checkpoint_every == 0
+            )
         s = self.stats
         s.batches += 1
         s.logical_accesses += ops
@@ -444,6 +461,15 @@ def _empty_tree_rows(
             progress(done, params.buckets)
         below = bytes(digests)
     roots.append(below)
+
+
+def _check_format(params: OramParams) -> None:
+    if params.format != FORMAT:
+        raise ConfigError(
+            f"ORAM tree {params.tree_id!r} is in storage format {params.format} (another "
+            f"tree geometry and state record layout); this version opens format {FORMAT} "
+            "only: create a new tree (an old one cannot be converted in place)"
+        )
 
 
 def seal_meta(params: OramParams, sealer: StateSealer) -> bytes:

@@ -9,7 +9,13 @@ from dataclasses import asdict, dataclass
 
 from otrace.errors import ConfigError
 
-__all__ = ["EMPTY_SLOT", "MAX_BLOCKS", "OramParams"]
+__all__ = ["EMPTY_SLOT", "FORMAT", "MAX_BLOCKS", "OramParams"]
+
+# Stored in every tree's metadata. 1 (no field in the JSON): 2**ceil(log2 N)
+# leaves, deltas carrying the whole stash. 2: utilisation up to 50% (see
+# `height`), deltas carrying only the stash blocks a batch changed. PathOram
+# opens format 2 only; DirectBlockStore, whose rows did not change, both.
+FORMAT = 2
 
 EMPTY_SLOT = 0xFFFF_FFFF
 MAX_BLOCKS = EMPTY_SLOT  # block ids are u32; the all-ones id marks an empty slot
@@ -20,8 +26,10 @@ _TREE_ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 class OramParams:
     """Geometry of one Path ORAM tree.
 
-    `height` L is ceil(log2(blocks)): 2**L leaves, 2**(L+1) - 1 buckets of
-    `slots` (Z) blocks each, i.e. about 8 slots per logical block. `stash_bound`
+    `height` L is the smallest with 2**L >= blocks / slots: 2**L leaves and
+    2**(L+1) - 1 buckets of `slots` (Z) blocks each, so about 2 to 4 slots
+    per logical block (utilisation 25-50%; with Z=4 and N a power of two,
+    N/4 leaves and 50%, as in Ren et al., USENIX Security'15). `stash_bound`
     is the largest stash carried between batches; the persisted stash is always
     padded to it so the sealed state has one size. `batch_size` is the number of
     paths every `access_batch` touches (real accesses padded with dummies).
@@ -34,6 +42,7 @@ class OramParams:
     stash_bound: int = 100
     batch_size: int = 1
     checkpoint_every: int = 64
+    format: int = FORMAT
 
     def __post_init__(self) -> None:
         if not _TREE_ID.match(self.tree_id):
@@ -52,10 +61,15 @@ class OramParams:
             raise ConfigError(f"batch size must be 1..4096, got {self.batch_size}")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1")
+        if self.format not in (1, FORMAT):
+            raise ConfigError(f"unknown ORAM storage format {self.format}")
 
     @property
     def height(self) -> int:
-        return max(1, (self.blocks - 1).bit_length())
+        if self.format == 1:
+            return max(1, (self.blocks - 1).bit_length())
+        per_leaf = -(-self.blocks // self.slots)  # ceil(blocks / slots)
+        return max(1, (per_leaf - 1).bit_length())
 
     @property
     def leaves(self) -> int:
@@ -66,14 +80,19 @@ class OramParams:
         return 2 * self.leaves - 1
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        fields = asdict(self)
+        if self.format == 1:
+            del fields["format"]  # format 1 predates the field: keep its fingerprint
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> OramParams:
+        """Parses stored parameters; metadata without a format is format 1."""
         try:
             fields = json.loads(raw)
+            fields.setdefault("format", 1)
             return cls(**fields)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"stored ORAM parameters are unreadable: {exc}") from exc
 
     def fingerprint(self) -> bytes:

@@ -7,11 +7,17 @@ transaction as the paths it describes, as either
 - a checkpoint: the whole position map plus the stash, every `checkpoint_every`
   commits, or
 - a delta: the (block, new leaf) pairs of one batch, padded to the batch size,
-  plus the whole stash.
+  the ids of the blocks in the stash, padded to `stash_bound`, and the data of
+  the stash blocks this batch changed, padded to the batch size.
 
-The stash is always padded to `stash_bound` slots, so every delta has one size
-and every checkpoint has one size: the storage learns nothing from them but
-their count. Records are sealed by a pluggable `StateSealer` with associated
+A delta carries only the stash blocks the batch changed because eviction keeps
+every block it read from the tree and did not remap (`evict(resident=...)`):
+the blocks left in the stash are ones already there, whose data the previous
+records hold, or ones the batch remapped, at most `batch_size` of them. A
+single access therefore writes one block of stash data, not `stash_bound`.
+Checkpoints carry the whole stash, padded to `stash_bound`. Every delta has one
+size and every checkpoint has one size: the storage learns nothing from them
+but their count. Records are sealed by a pluggable `StateSealer` with associated
 data binding the tree, the sequence number and the record kind (the enclave's
 `tee.Sealer` in production; `tee.Sealer.from_key` over the KMS `state_key`), so records
 cannot be reordered, swapped between trees or replayed into another slot.
@@ -20,7 +26,7 @@ cannot be reordered, swapped between trees or replayed into another slot.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +42,9 @@ __all__ = ["ClientState", "FreshnessCounter", "StateCodec", "StateSealer", "chec
 
 _HEADER = struct.Struct(f"<8sQ{DIGEST_SIZE}sI")  # magic, seq, root digest, stash count
 _CHECKPOINT_MAGIC = b"OTRCKPT1"
-_DELTA_MAGIC = b"OTRDLTA1"
+_DELTA_MAGIC = b"OTRDLTA2"
 _PAIR = struct.Struct("<II")
+_ID = struct.Struct("<I")
 
 
 @dataclass(slots=True)
@@ -57,17 +64,39 @@ class StateCodec:
         self._p = params
         self._sealer = sealer
         self._entry = params.block_size + 4
+        self._context_prefix = b"otrace-oram-state\x00" + params.fingerprint()
+        self._ids = struct.Struct(f"<{params.stash_bound}I")
+        # Stash blocks a delta can carry: a batch remaps at most batch_size blocks.
+        self.delta_entries = min(params.batch_size, params.stash_bound)
 
     def checkpoint(self, state: ClientState) -> StateRecord:
         body = state.positions.astype("<u4", copy=False).tobytes()
         return self._seal(CHECKPOINT, _CHECKPOINT_MAGIC, state, body)
 
-    def delta(self, state: ClientState, moved: Iterable[tuple[int, int]]) -> StateRecord:
+    def delta(
+        self,
+        state: ClientState,
+        moved: Iterable[tuple[int, int]],
+        changed: Mapping[int, bytes],
+    ) -> StateRecord:
+        """A delta: the remapped blocks' new leaves, the stash's ids, and `changed`.
+
+        `changed` holds the stash blocks whose data the previous records do not
+        have (new in the stash, or rewritten); eviction keeps it within the
+        batch's remapped blocks.
+        """
+        p = self._p
         pairs = [_PAIR.pack(b, leaf) for b, leaf in moved]
-        if len(pairs) > self._p.batch_size:
+        if len(pairs) > p.batch_size:
             raise ConfigError("more remapped blocks than the batch size")
-        pairs += [_PAIR.pack(EMPTY_SLOT, 0)] * (self._p.batch_size - len(pairs))
-        return self._seal(DELTA, _DELTA_MAGIC, state, b"".join(pairs))
+        if len(changed) > self.delta_entries:
+            raise ConfigError("more changed stash blocks than a delta carries")
+        pairs += [_PAIR.pack(EMPTY_SLOT, 0)] * (p.batch_size - len(pairs))
+        ids = self._ids.pack(*state.stash, *[EMPTY_SLOT] * (p.stash_bound - len(state.stash)))
+        entries = [_ID.pack(b) + data for b, data in changed.items()]
+        entries.append(bytes(self._entry * (self.delta_entries - len(changed))))
+        body = b"".join((ids, *entries, *pairs))
+        return self._seal(DELTA, _DELTA_MAGIC, state, body, stash=b"")
 
     def restore(self, records: list[StateRecord]) -> ClientState:
         """Rebuilds the state from a checkpoint and the deltas after it."""
@@ -97,6 +126,8 @@ class StateCodec:
             raise IntegrityError(
                 f"ORAM tree {self._p.tree_id!r}: malformed state record {record.seq}"
             )
+        if record.kind == DELTA:
+            return self._apply_delta(state, record.seq, root, stash_count, plain)
         stash = self._decode_stash(plain, stash_count)
         body = memoryview(plain)[_HEADER.size + self._p.stash_bound * self._entry :]
         if record.kind == CHECKPOINT:
@@ -106,19 +137,52 @@ class StateCodec:
                     f"ORAM tree {self._p.tree_id!r}: checkpoint has the wrong size"
                 )
             return ClientState(seq, root, positions, stash)
+        raise IntegrityError(f"ORAM tree {self._p.tree_id!r}: unknown state record kind")
+
+    def _apply_delta(
+        self, state: ClientState | None, seq: int, root: bytes, stash_count: int, plain: bytes
+    ) -> ClientState:
+        p = self._p
         if state is None:
-            raise IntegrityError(f"ORAM tree {self._p.tree_id!r}: delta without a checkpoint")
+            raise IntegrityError(f"ORAM tree {p.tree_id!r}: delta without a checkpoint")
+        ids_end = _HEADER.size + _ID.size * p.stash_bound
+        ids = self._ids.unpack_from(plain, _HEADER.size)[:stash_count]
+        changed: dict[int, bytes] = {}
+        for i in range(self.delta_entries):
+            off = ids_end + i * self._entry
+            (block,) = _ID.unpack_from(plain, off)
+            if block != EMPTY_SLOT:
+                changed[block] = plain[off + 4 : off + self._entry]
+        stash: dict[int, bytes] = {}
+        for block in ids:
+            data = changed.get(block, state.stash.get(block))
+            if data is None:
+                raise IntegrityError(
+                    f"ORAM tree {p.tree_id!r}: state record {seq} names a stash block "
+                    "no record holds"
+                )
+            stash[block] = data
         positions = state.positions
-        for block, leaf in _PAIR.iter_unpack(body):
+        pairs_start = ids_end + self.delta_entries * self._entry
+        for block, leaf in _PAIR.iter_unpack(plain[pairs_start:]):
             if block != EMPTY_SLOT:
                 positions[block] = leaf
         return ClientState(seq, root, positions, stash)
 
-    def _seal(self, kind: int, magic: bytes, state: ClientState, body: bytes) -> StateRecord:
+    def _seal(
+        self,
+        kind: int,
+        magic: bytes,
+        state: ClientState,
+        body: bytes,
+        stash: bytes | None = None,
+    ) -> StateRecord:
         if len(state.stash) > self._p.stash_bound:
             raise ConfigError("stash larger than its bound cannot be sealed")
         header = _HEADER.pack(magic, state.seq, state.root, len(state.stash))
-        plain = b"".join((header, self._encode_stash(state.stash), body))
+        if stash is None:
+            stash = self._encode_stash(state.stash)
+        plain = b"".join((header, stash, body))
         return StateRecord(
             state.seq, kind, self._sealer.seal(plain, self._context(state.seq, kind))
         )
@@ -138,7 +202,7 @@ class StateCodec:
         return stash
 
     def _context(self, seq: int, kind: int) -> bytes:
-        return b"otrace-oram-state\x00" + self._p.fingerprint() + struct.pack("<QB", seq, kind)
+        return self._context_prefix + struct.pack("<QB", seq, kind)
 
 
 def check_fresh(counter: FreshnessCounter | None, seq: int, what: str) -> None:

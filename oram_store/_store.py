@@ -121,6 +121,10 @@ class _SqlTreeTransaction(TreeTransaction):
         self._state = store.state_table
         self._aux = _SqlAux(conn, store.aux_table, tree_id)
         self._select, self._update = store.bucket_statements(tree_id)
+        # The two state statements every batch runs go straight to the driver:
+        # SQLAlchemy's execution path costs ~80 us each, the driver ~10 us.
+        self._latest_sql, self._append_sql = store.state_sql
+        self._driver: Any = conn.connection.driver_connection
 
     @property
     def connection(self) -> Connection:
@@ -159,16 +163,12 @@ class _SqlTreeTransaction(TreeTransaction):
         ]
 
     def latest_seq(self) -> int | None:
-        st = self._state
-        query = sa.select(sa.func.max(st.c.seq)).where(st.c.tree_id == self._tree_id)
-        value = self._conn.execute(query).scalar()
-        return None if value is None else int(value)
+        row = self._driver.execute(self._latest_sql, (self._tree_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def append_state(self, record: StateRecord) -> None:
-        self._conn.execute(
-            self._state.insert(),
-            {"tree_id": self._tree_id, "seq": record.seq, "kind": record.kind, "blob": record.blob},
-        )
+        params = (self._tree_id, record.seq, record.kind, record.blob)
+        self._driver.execute(self._append_sql, params)
 
     def read_aux(self, name: str) -> bytes | None:
         return self._aux.read(name)
@@ -245,6 +245,13 @@ class SqlBucketStore(BucketStore):
         )
         self._buckets: dict[str, sa.Table] = {}
         self._statements: dict[str, tuple[sa.Select[Any], sa.Update]] = {}
+        m = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self.state_sql = (
+            f"SELECT seq FROM oram_state WHERE tree_id = {m} ORDER BY seq DESC LIMIT 1",
+            f"INSERT INTO oram_state (tree_id, seq, kind, blob) VALUES ({m}, {m}, {m}, {m})",
+        )
+        dbapi: Any = engine.dialect.dbapi
+        self._driver_error: type[Exception] = dbapi.Error
         try:
             tables = [self.state_table, self.meta_table, self.aux_table]
             self._metadata.create_all(engine, tables=tables)
@@ -359,7 +366,7 @@ class SqlBucketStore(BucketStore):
                     # SQLite's BEGIN IMMEDIATE is the writer lock there.
                     conn.execute(_PG_TREE_LOCK, {"name": f"otrace-oram:{tree_id}"})
                 yield _SqlTreeTransaction(self, conn, tree_id)
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
             raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc
 
     def drop_tree(self, tree_id: str) -> None:

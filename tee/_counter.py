@@ -6,7 +6,11 @@ the HMAC keyed by HKDF(platform root, "counter") over the name and value, so
 editing the file is detected. Replacing it with an *older authentic copy* is not
 detectable by an emulation; SECURITY.md says so. Writes are atomic (temp file,
 fsync, rename, fsync of the directory) and serialised by an advisory file lock,
-so two processes advancing one counter never lose an update.
+so two processes advancing one counter never lose an update. A caller may skip
+the fsyncs (`advance(value, durable=False)`): the value is then written in place
+(one `pwrite`, no rename), safe from a killed process, but an OS crash or power
+loss may bring back an older value (never a newer one). Reads take the same lock,
+so they never see half of an in-place write.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from otrace.errors import ConfigError, IntegrityError
-from tee._files import ensure_private_dir, read_private_file, write_private_file
+from tee._files import (
+    ensure_private_dir,
+    overwrite_private_file,
+    read_private_file,
+    write_private_file,
+)
 from tee._platform import Platform
 
 __all__ = ["FreshnessCounter", "MonotonicCounter"]
@@ -37,7 +46,7 @@ class FreshnessCounter(Protocol):
 
     def current(self) -> int: ...
 
-    def advance(self, value: int) -> None: ...
+    def advance(self, value: int, *, durable: bool = True) -> None: ...
 
 
 class MonotonicCounter:
@@ -65,16 +74,29 @@ class MonotonicCounter:
 
     def current(self) -> int:
         """The last value advanced to (0 for a new counter); a tampered file raises."""
+        with self._exclusive():
+            return self._read()
+
+    def _read(self) -> int:
         data = read_private_file(self._path)
         return 0 if data is None else self._decode(data)
 
-    def advance(self, value: int) -> None:
-        """Set the counter to max(current, value); durable before this returns."""
+    def advance(self, value: int, *, durable: bool = True) -> None:
+        """Set the counter to max(current, value).
+
+        Durable before this returns by default. With `durable=False` the value
+        survives the process being killed but not an OS crash or power loss,
+        after which the counter may read lower (never higher): for callers that
+        advance after every durable commit and accept a short window (ORAM).
+        """
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VALUE:
             raise ConfigError("a counter value is an integer in [0, 2**64)")
         with self._exclusive():
-            if value > self.current():
-                write_private_file(self._path, self._encode(value))
+            if value <= self._read():
+                return
+            encoded = self._encode(value)
+            if durable or not overwrite_private_file(self._path, encoded):
+                write_private_file(self._path, encoded)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

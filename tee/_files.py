@@ -19,6 +19,7 @@ __all__ = [
     "create_private_file_once",
     "ensure_private_dir",
     "load_or_create_secret",
+    "overwrite_private_file",
     "read_private_file",
     "write_private_file",
 ]
@@ -77,6 +78,39 @@ def write_private_file(path: Path, data: bytes) -> None:
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def overwrite_private_file(path: Path, data: bytes) -> bool:
+    """Overwrite `path` in place with `data` of its own size, without fsync.
+
+    One `pwrite` into a small file: a killed writer leaves the old or the new
+    bytes, an OS crash or power loss may bring back the old ones. Readers
+    racing the write must hold the writer's lock (a read may see a mix). Returns
+    False, writing nothing, when `path` is missing or of another size: the
+    caller then replaces it durably with `write_private_file`.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+            return False
+        if info.st_mode & _GROUP_OR_OTHER:
+            raise ConfigError(
+                f"file {path} is readable or writable by other users "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        if os.pwrite(fd, data, 0) != len(data):
+            raise ConfigError(f"cannot write {path}: short write")
+        return True
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 def create_private_file_once(path: Path, data: bytes) -> bytes:

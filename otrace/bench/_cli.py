@@ -39,6 +39,8 @@ top C tree levels cached in memory:
                    read()/write() call each, on a batch_size=1 tree
   otrace batched   the same number of accesses issued as access_batch()
                    calls of K distinct blocks on a batch_size=K tree
+                   (both with a monotonic counter, as `otrace serve` runs:
+                   written after every commit, fsync'ed every 64 commits)
   PyORAM           pyoram's PathORAM on file storage, same N, B, C and the
                    same access sequence as "otrace single"
   PyORAM + fsync   the same again, its file flushed and fsync'ed after
@@ -51,6 +53,8 @@ top C tree levels cached in memory:
                    no crypto and no ORAM logic
   storage floor    the same for a batch: the union of K random paths per
     (K=...)        transaction, A/K transactions
+                   (each floor alternates with its otrace variant in 20
+                   rounds, so both see the same disk load)
 
 \b
 Figures:
@@ -67,11 +71,11 @@ Figures:
 
 Note: otrace commits every access durably (SQLite WAL, synchronous=FULL);
 PyORAM's file storage never calls fsync ("x PyORAM" compares with PyORAM as
-it ships). Each timed loop starts after a WAL
-checkpoint and a sync, so no variant pays for the previous one's writes.
-Each variant's database is deleted as soon as it is measured, so the disk
-holds one tree at a time (about N*9*B bytes at N blocks). Figures vary from
-run to run by 10-30% on a shared disk: compare ratios from one run.
+it ships). Each timed loop starts after a WAL checkpoint and a sync, so no
+variant pays for the previous one's writes. Each database is deleted as soon
+as it is measured, so the disk holds at most two trees at a time (each about
+N*2.3*B bytes at N blocks). Figures vary from run to run by 10-30% on a shared
+disk: compare ratios from one run.
 """
 
 

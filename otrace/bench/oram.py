@@ -1,11 +1,14 @@
 """Side-by-side Path ORAM measurements: otrace single and batched, PyORAM, a storage floor.
 
-Every variant runs in this process, one after the other, on the same geometry
-(N blocks of B bytes, C cached levels) and, where it makes sense, on the same
-random sequence of mixed reads and writes, so the printed ratios compare like
-with like on one machine at one moment. Each variant gets its own database
-file in the work directory, deleted as soon as the variant is measured, so
-only one tree occupies the disk at a time.
+Every variant runs in this process on the same geometry (N blocks of B bytes,
+C cached levels) and, where it makes sense, on the same random sequence of
+mixed reads and writes, so the printed ratios compare like with like on one
+machine at one moment. otrace and the storage floor alternate in rounds (the
+floor's table stays loaded while each otrace tree is measured), so load from
+other work on a shared disk hits both alike; PyORAM runs afterwards. Each
+database lives in the work directory and is deleted as soon as it has been
+measured: at most two trees (the floor's and one otrace tree) occupy the
+disk at a time.
 
 The functions only measure: they take an optional `progress(phase, done,
 total)` callback and leave drawing to the caller.
@@ -15,20 +18,21 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from oram_store import (
-    BucketCodec,
     OramParams,
     PathOram,
     Read,
     SqlBucketStore,
-    StateRecord,
     Write,
 )
+from otrace.bench._floor import FloorPattern, load_floor
 from otrace.bench._support import (
     ProgressCallback,
     RssMeter,
@@ -38,7 +42,7 @@ from otrace.bench._support import (
     settle,
 )
 from otrace.errors import ConfigError
-from tee import Sealer
+from tee import MonotonicCounter, Platform, Sealer
 
 __all__ = [
     "FloorRun",
@@ -50,7 +54,6 @@ __all__ = [
     "PyOramRun",
     "RssMeter",
     "VariantResult",
-    "measure_floor",
     "measure_otrace_batched",
     "measure_otrace_single",
     "mixed_workload",
@@ -63,7 +66,7 @@ MixedOp = tuple[int, bool]  # (block id, is_write)
 _SINGLE_TREE = "bench_single"
 _BATCHED_TREE = "bench_batched"
 _FLOOR_TREE = "bench_floor"
-_BLOB_POOL = 64  # distinct random blobs the floor cycles through
+_ROUNDS = 20  # otrace and its floor alternate in this many rounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +226,17 @@ def run_oram_bench(
     workload = mixed_workload(rng, config.blocks, config.accesses)
     payload = rng.randbytes(config.block_size)
     meter = RssMeter()
-    single = measure_otrace_single(config, workdir, workload, payload, progress, meter)
-    batched = measure_otrace_batched(config, workdir, rng, payload, progress, meter)
-    floor = measure_floor(config, workdir, rng, progress)
+    with TempStore(workdir, _FLOOR_TREE) as temp:
+        floor, load_s = load_floor(
+            temp.store, config.params(_FLOOR_TREE), config.cache_levels, rng, progress
+        )
+        single, floor_single = measure_otrace_single(
+            config, workdir, workload, payload, floor, progress, meter
+        )
+        batched, floor_batched = measure_otrace_batched(
+            config, workdir, rng, payload, floor, progress, meter
+        )
+    floor_run = FloorRun(floor_single, floor_batched, load_s)
     meter.mark()
     otrace_peak = meter.overall
     pyoram = None
@@ -238,7 +249,7 @@ def run_oram_bench(
         height=config.params(_SINGLE_TREE).height,
         single=single,
         batched=batched,
-        floor=floor,
+        floor=floor_run,
         pyoram=pyoram,
         otrace_peak_rss_mib=otrace_peak,
         peak_rss_mib=meter.overall,
@@ -258,27 +269,41 @@ def measure_otrace_single(
     workdir: Path,
     workload: Sequence[MixedOp],
     payload: bytes,
+    floor: FloorPattern,
     progress: ProgressCallback | None = None,
     meter: RssMeter | None = None,
-) -> OtraceRun:
-    """otrace with batch_size=1: one `read` or `write` call per access."""
+) -> tuple[OtraceRun, VariantResult]:
+    """otrace with batch_size=1 (one `read` or `write` call per access) and its floor.
+
+    The two alternate in rounds of A/20 accesses, so a disk that other work
+    slows down slows both alike and their ratio holds.
+    """
     phase = "otrace single"
-    with TempStore(workdir, _SINGLE_TREE) as temp:
+    with (
+        TempStore(workdir, _SINGLE_TREE) as temp,
+        _platform_counter(workdir, _SINGLE_TREE) as counter,
+    ):
         oram, init_s, init_rss = _create_tree(
-            config, temp.store, _SINGLE_TREE, 1, progress, meter or RssMeter()
+            config, temp.store, _SINGLE_TREE, 1, progress, meter or RssMeter(), counter
         )
         settle(temp.store)
-        tick = Ticker(progress, f"{phase}: accesses", len(workload))
-        start = time.perf_counter()
-        for i, (block, is_write) in enumerate(workload):
-            if is_write:
-                oram.write(block, payload)
-            else:
-                oram.read(block)
-            tick(i + 1)
-        seconds = time.perf_counter() - start
+        settle(floor.store)
+        tick = Ticker(progress, f"{phase} and storage floor: accesses", len(workload))
+        seconds = floor_seconds = 0.0
+        for start in range(0, len(workload), _round(len(workload))):
+            chunk = workload[start : start + _round(len(workload))]
+            began = time.perf_counter()
+            for block, is_write in chunk:
+                if is_write:
+                    oram.write(block, payload)
+                else:
+                    oram.read(block)
+            seconds += time.perf_counter() - began
+            floor_seconds += floor.time(len(chunk), 1)
+            tick(start + len(chunk))
         result = VariantResult(phase, len(workload), seconds)
-        return OtraceRun(result, init_s, init_rss, temp.size_mib(), oram.stats.stash_peak)
+        run = OtraceRun(result, init_s, init_rss, temp.size_mib(), oram.stats.stash_peak)
+    return run, VariantResult("storage floor", len(workload), floor_seconds)
 
 
 def measure_otrace_batched(
@@ -286,99 +311,47 @@ def measure_otrace_batched(
     workdir: Path,
     rng: random.Random,
     payload: bytes,
+    floor: FloorPattern,
     progress: ProgressCallback | None = None,
     meter: RssMeter | None = None,
-) -> OtraceRun:
-    """otrace with batch_size=K: `access_batch` calls of K distinct random blocks."""
+) -> tuple[OtraceRun, VariantResult]:
+    """otrace with batch_size=K (`access_batch` calls of K distinct random blocks), its floor.
+
+    Alternating with the floor in rounds, as `measure_otrace_single`.
+    """
     phase = f"otrace batched (K={config.batch})"
     batches = _batched_workload(rng, config, payload)
-    with TempStore(workdir, _BATCHED_TREE) as temp:
+    with (
+        TempStore(workdir, _BATCHED_TREE) as temp,
+        _platform_counter(workdir, _BATCHED_TREE) as counter,
+    ):
         oram, init_s, init_rss = _create_tree(
-            config, temp.store, _BATCHED_TREE, config.batch, progress, meter or RssMeter()
+            config, temp.store, _BATCHED_TREE, config.batch, progress, meter or RssMeter(), counter
         )
         settle(temp.store)
-        tick = Ticker(progress, f"{phase}: accesses", config.accesses)
+        settle(floor.store)
+        tick = Ticker(progress, f"{phase} and its floor: accesses", config.accesses)
         done = 0
-        start = time.perf_counter()
-        for ops in batches:
-            oram.access_batch(ops)
-            done += len(ops)
+        seconds = floor_seconds = 0.0
+        per_round = max(1, _round(config.accesses) // config.batch)
+        for start in range(0, len(batches), per_round):
+            chunk = batches[start : start + per_round]
+            began = time.perf_counter()
+            for ops in chunk:
+                oram.access_batch(ops)
+            seconds += time.perf_counter() - began
+            accesses = sum(map(len, chunk))
+            floor_seconds += floor.time(accesses, config.batch)
+            done += accesses
             tick(done)
-        seconds = time.perf_counter() - start
         result = VariantResult(phase, config.accesses, seconds)
-        return OtraceRun(result, init_s, init_rss, temp.size_mib(), oram.stats.stash_peak)
+        run = OtraceRun(result, init_s, init_rss, temp.size_mib(), oram.stats.stash_peak)
+    floor_name = f"storage floor (K={config.batch})"
+    return run, VariantResult(floor_name, config.accesses, floor_seconds)
 
 
-def measure_floor(
-    config: OramBenchConfig,
-    workdir: Path,
-    rng: random.Random,
-    progress: ProgressCallback | None = None,
-) -> FloorRun:
-    """The storage work of otrace's accesses with no crypto and no ORAM logic.
-
-    Same store class, pragmas, row count and blob size as otrace's trees. Per
-    transaction: one SELECT ... IN of the uncached buckets (level >= C) of
-    random paths, then one UPDATE per bucket of those paths with random blobs.
-    The single-access pattern uses one path per access; the batched pattern the
-    union of K paths per K accesses, as `access_batch` does.
-    """
-    params = config.params(_FLOOR_TREE)
-    blob_size = BucketCodec(params, bytes(32)).blob_size
-    pool = [rng.randbytes(blob_size) for _ in range(_BLOB_POOL)]
-    with TempStore(workdir, _FLOOR_TREE) as temp:
-        start = time.perf_counter()
-        _load_floor_table(temp.store, params, pool, progress)
-        load_s = time.perf_counter() - start
-        settle(temp.store)
-        floor = _FloorPattern(temp.store, params, config.cache_levels, pool, rng)
-        single = floor.run("storage floor", config.accesses, 1, progress)
-        settle(temp.store)
-        batched = floor.run(
-            f"storage floor (K={config.batch})", config.accesses, config.batch, progress
-        )
-    return FloorRun(single, batched, load_s)
-
-
-class _FloorPattern:
-    """Replays the row reads and writes of random path accesses on a loaded table."""
-
-    def __init__(
-        self,
-        store: SqlBucketStore,
-        params: OramParams,
-        cache_levels: int,
-        pool: list[bytes],
-        rng: random.Random,
-    ) -> None:
-        self._store, self._params, self._pool, self._rng = store, params, pool, rng
-        self._first_uncached = 1 << min(cache_levels, params.height + 1)
-        self._version = 0
-
-    def run(
-        self, name: str, accesses: int, paths: int, progress: ProgressCallback | None
-    ) -> VariantResult:
-        """`accesses` logical accesses, `paths` random paths per transaction."""
-        tick = Ticker(progress, f"{name}: accesses", accesses)
-        done = 0
-        start = time.perf_counter()
-        while done < accesses:
-            self._transaction(paths)
-            done = min(accesses, done + paths)
-            tick(done)
-        return VariantResult(name, accesses, time.perf_counter() - start)
-
-    def _transaction(self, paths: int) -> None:
-        p, pool = self._params, self._pool
-        self._version += 1
-        nodes: set[int] = set()
-        for _ in range(paths):
-            nodes.update(_path(p.height, self._rng.randrange(p.leaves)))
-        ordered = sorted(nodes)
-        rows = [(n, self._version, pool[(self._version + n) % _BLOB_POOL]) for n in ordered]
-        with self._store.transaction(p.tree_id) as txn:
-            txn.read_buckets([n for n in ordered if n >= self._first_uncached])
-            txn.write_buckets(rows)
+def _round(accesses: int) -> int:
+    return max(1, accesses // _ROUNDS)
 
 
 # ----------------------------------------------------------------- helpers
@@ -391,8 +364,13 @@ def _create_tree(
     batch_size: int,
     progress: ProgressCallback | None,
     meter: RssMeter,
+    counter: MonotonicCounter,
 ) -> tuple[PathOram, float, float]:
-    """Builds and opens a fresh tree; returns it, its build time and the build's peak RSS."""
+    """Builds and opens a fresh tree; returns it, its build time and the build's peak RSS.
+
+    The tree gets a monotonic counter, as in `otrace serve`, so its per-commit
+    cost (a write after every commit, fsync'ed at checkpoints) is measured.
+    """
     label = "otrace single" if batch_size == 1 else f"otrace batched (K={batch_size})"
     params = config.params(tree_id, batch_size)
     report = None
@@ -407,11 +385,22 @@ def _create_tree(
         params,
         key=os.urandom(32),
         sealer=Sealer.from_key(os.urandom(32)),
+        counter=counter,
         cache_levels=config.cache_levels,
         progress=report,
     )
     init_s = time.perf_counter() - start
     return oram, init_s, meter.mark()
+
+
+@contextmanager
+def _platform_counter(workdir: Path, tree_id: str) -> Iterator[MonotonicCounter]:
+    """A monotonic counter in a throwaway platform directory beside the database."""
+    directory = workdir / f"{tree_id}-platform"
+    try:
+        yield MonotonicCounter(Platform.open(directory), f"oram-{tree_id}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _batched_workload(
@@ -426,41 +415,6 @@ def _batched_workload(
         batches.append([Write(b, payload) if rng.random() < 0.5 else Read(b) for b in blocks])
         left -= size
     return batches
-
-
-def _load_floor_table(
-    store: SqlBucketStore,
-    params: OramParams,
-    pool: list[bytes],
-    progress: ProgressCallback | None,
-) -> None:
-    total = params.buckets
-    tick = Ticker(progress, "storage floor: load", total)
-
-    def rows() -> Iterator[tuple[int, int, bytes]]:
-        # Leaves first, root last, as PathOram.create writes its tree: the file
-        # layout, and so which levels a larger-than-RAM page cache still holds
-        # after the load, must match otrace's or the floor reads more from disk.
-        done = 0
-        for level in range(params.height, -1, -1):
-            for idx in range(1 << level, 2 << level):
-                done += 1
-                tick(done)
-                yield idx, 0, pool[idx % _BLOB_POOL]
-
-    # The metadata and state rows only satisfy the interface; the floor never reads them.
-    store.create_tree(
-        params.tree_id,
-        rows(),
-        b"floor",
-        lambda: StateRecord(0, 1, b""),
-    )
-
-
-def _path(height: int, leaf: int) -> list[int]:
-    """Heap indices of the path from the root (1) to `leaf`, ascending."""
-    node = (1 << height) + leaf
-    return [node >> shift for shift in range(height, -1, -1)]
 
 
 def _phase(progress: ProgressCallback, phase: str) -> Callable[[int, int], None]:

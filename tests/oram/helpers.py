@@ -34,12 +34,15 @@ class MemoryCounter:
 
     def __init__(self) -> None:
         self.value = 0
+        self.durable = 0  # what survives an OS crash
 
     def current(self) -> int:
         return self.value
 
-    def advance(self, value: int) -> None:
+    def advance(self, value: int, *, durable: bool = True) -> None:
         self.value = max(self.value, value)
+        if durable:
+            self.durable = max(self.durable, value)
 
 
 @dataclass

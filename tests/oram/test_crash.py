@@ -27,11 +27,19 @@ def _kill_once(url: str, seed: int, rnd: random.Random) -> list[str]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(rnd.uniform(0.6, 1.4))  # start-up is ~0.5 s; then somewhere mid-batch
+    # Wait for the first commit (start-up takes 0.5 s idle, seconds on a busy
+    # machine), then kill somewhere mid-stream.
+    assert child.stdout is not None
+    lines = []
+    while not lines or lines[-1] != "C":
+        line = child.stdout.readline()
+        assert line, "the writer exited before its first commit"
+        lines.append(line.rstrip("\n"))
+    time.sleep(rnd.uniform(0.05, 0.8))
     child.send_signal(signal.SIGKILL)
     out, _ = child.communicate()
     assert child.returncode == -signal.SIGKILL
-    return out.splitlines()
+    return lines + out.splitlines()
 
 
 def _apply(lines: list[str], model: dict[int, int]) -> dict[int, int]:

@@ -65,3 +65,14 @@ def test_altered_parameters_are_refused(sqlite_url: str, make_store: MakeStore) 
         conn.execute(mt.update().values(meta=bytes(meta).replace(b'"blocks":32', b'"blocks":33')))
     with pytest.raises(IntegrityError, match="ORAM metadata for 'd' was altered"):
         DirectBlockStore.open(direct.store, "d", key=KEY, sealer=Sealer.from_key(STATE_KEY))
+
+
+def test_a_store_from_before_format_2_still_opens(store_url: str, make_store: MakeStore) -> None:
+    params = OramParams("d", blocks=32, block_size=64, format=1)  # its metadata has no format
+    sealer = Sealer.from_key(STATE_KEY)
+    direct = DirectBlockStore.create(make_store(store_url), params, key=KEY, sealer=sealer)
+    assert b'"format"' not in params.to_json()
+    direct.access_batch([Write(5, block(5))])
+    again = DirectBlockStore.open(direct.store, "d", key=KEY, sealer=sealer)
+    assert again.params.format == 1
+    assert again.access_batch([Read(5)]) == [block(5)]

@@ -89,3 +89,25 @@ OramMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestOramModel = OramMachine.TestCase
+
+
+class CrowdedOramMachine(OramMachine):
+    """Two slots a bucket: the stash is often non-empty, so deltas carry it across reopens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.oram = new_oram(
+            SqlBucketStore(f"sqlite:///{self.dir}/crowded.db"),
+            blocks=BLOCKS,
+            block_size=SIZE,
+            batch_size=BATCH,
+            cache_levels=1,
+            seed=None,
+            checkpoint_every=7,
+            slots=2,
+            stash_bound=BLOCKS,
+        )
+
+
+CrowdedOramMachine.TestCase.settings = OramMachine.TestCase.settings
+TestCrowdedOramModel = CrowdedOramMachine.TestCase

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 from scipy.stats import chisquare
 
 from oram_store import OramParams, PathOram, Read, SqlBucketStore, Write
+from oram_store._oram import seal_meta
 from otrace.errors import ConfigError, FencingError, InvalidRequest, StashOverflow
 from tests.oram.helpers import MemoryCounter, TracingStore, block, new_oram, reopen
 
@@ -188,7 +190,7 @@ def test_creation_is_one_streaming_pass_without_path_accesses(
     store = make_store(store_url, TracingStore)
     oram = new_oram(store, blocks=4096, cache_levels=0)
     assert store.trace.reads == [] and store.trace.writes == []
-    assert oram.audit().buckets == 2 * 4096 - 1
+    assert oram.audit().buckets == 2 * 1024 - 1  # 4096 blocks in 1024 leaves of Z=4
 
 
 def test_state_is_checkpointed_and_old_records_pruned(
@@ -221,6 +223,63 @@ def test_counter_advances_with_commits(store_url: str, make_store: MakeStore) ->
     for i in range(5):
         oram.write(i, block(i))
     assert counter.current() == oram.seq == 5
+
+
+def test_counter_is_synced_at_checkpoints_and_written_after_every_commit(
+    store_url: str, make_store: MakeStore
+) -> None:
+    counter = MemoryCounter()
+    oram = new_oram(make_store(store_url), counter=counter, checkpoint_every=8)
+    for i in range(21):
+        oram.write(i, block(i))
+    # What an OS crash could take back: the commits since the last checkpoint.
+    assert (counter.current(), counter.durable) == (21, 16)
+
+
+def test_a_delta_carries_only_the_batchs_stash_data(store_url: str, make_store: MakeStore) -> None:
+    store = make_store(store_url, TracingStore)
+    oram = new_oram(store, blocks=256, block_size=256, batch_size=2, checkpoint_every=1000, slots=2)
+    rnd = random.Random(3)
+    for i in range(200):
+        oram.access_batch([Write(rnd.randrange(256), block(i, 256)), Read(rnd.randrange(256))])
+    sizes = {len(r.blob) for r in store.trace.states}
+    assert len(sizes) == 1  # one size, whatever the stash holds
+    # ids of the whole stash (4 B each), data of at most batch_size blocks
+    assert sizes.pop() < 2 * (256 + 4) + 100 * 4 + 2 * 8 + 200
+    assert oram.stats.stash_peak > 0  # the stash was really carried by deltas
+    again = reopen(oram)
+    assert again.stash_blocks() == oram.stash_blocks()
+    for b in oram.stash_blocks():
+        assert again.read(b) == oram.read(b)
+
+
+def test_geometry_is_half_full_with_four_slots() -> None:
+    p = OramParams("t", blocks=1 << 16)
+    assert (p.height, p.leaves, p.buckets) == (14, 1 << 14, (1 << 15) - 1)
+    for n in (2, 3, 40, 100, 1000, 4097, 1 << 20):
+        q = OramParams("t", blocks=n)
+        assert n <= q.slots * q.leaves  # about half the slots of the tree at most
+        assert q.leaves == 2 or q.slots * q.leaves // 2 < n
+
+
+def test_a_tree_of_another_format_is_refused(store_url: str, make_store: MakeStore) -> None:
+    oram = new_oram(make_store(store_url))
+    sealer = oram._states._sealer  # type: ignore[attr-defined]
+    # What a format-1 tree's metadata looks like: no "format" field, sealed as such.
+    old = seal_meta(dataclasses.replace(oram.params, format=1), sealer)
+    assert b'"format"' not in old
+    mt = oram.store.meta_table  # type: ignore[attr-defined]
+    with oram.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(mt.update().values(meta=old))
+    with pytest.raises(ConfigError, match=r"storage format 1 .* opens format 2 only"):
+        reopen(oram)
+    with pytest.raises(ConfigError, match="storage format 1"):
+        PathOram.create(
+            make_store(store_url),
+            OramParams("u", blocks=64, format=1),
+            key=bytes(32),
+            sealer=sealer,
+        )
 
 
 @pytest.mark.parametrize("bad", [{"blocks": 1}, {"block_size": 8}, {"batch_size": 0}])

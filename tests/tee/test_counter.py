@@ -25,6 +25,27 @@ def test_survives_reopen_of_the_platform(platform: Platform) -> None:
     assert MonotonicCounter(reopened, "tree-2").current() == 0
 
 
+def test_an_unsynced_advance_is_written_in_place_without_fsync(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    MonotonicCounter(platform, "tree-1").advance(5, durable=False)
+    assert len(synced) == 2  # a new file is always written durably: the file, its directory
+    MonotonicCounter(platform, "tree-1").advance(6, durable=False)
+    assert len(synced) == 2  # in place, no fsync
+    assert MonotonicCounter(platform, "tree-1").current() == 6
+    MonotonicCounter(platform, "tree-1").advance(7)
+    assert len(synced) == 4
+    reopened = Platform.open(platform.directory)
+    assert MonotonicCounter(reopened, "tree-1").current() == 7
+    MonotonicCounter(reopened, "tree-1").advance(8, durable=False)
+    assert MonotonicCounter(Platform.open(platform.directory), "tree-1").current() == 8
+
+
 def test_editing_the_file_is_detected(platform: Platform) -> None:
     counter = MonotonicCounter(platform, "tree-1")
     counter.advance(7)
