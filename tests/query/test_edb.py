@@ -6,11 +6,12 @@ import os
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
 from otrace.errors import IntegrityError
-from query import EdbCodec, Postings, bucket_count
+from query import EdbCodec, EdbRow, Postings, bucket_count
 from query._postings import BlockSet
 
 CODEC = EdbCodec(b"\x07" * 32)
@@ -65,3 +66,13 @@ def test_an_altered_or_moved_row_fails_authentication() -> None:
 def test_find_decodes_only_the_asked_trapdoors() -> None:
     row = CODEC.seal(1, 0, [Postings(b"a" * 32, (1, 5)), Postings(b"b" * 32, (7,))])
     assert CODEC.find(row, {b"b" * 32, b"c" * 32}) == {b"b" * 32: BlockSet.of([7])}
+
+
+def test_a_row_of_the_earlier_index_format_says_so() -> None:
+    """v2 rows (before posting lists carried their encoding) are refused by name."""
+    nonce = b"\x05" * 12
+    body = bytes(256)
+    ad = b"otrace/edb/v2\x00" + (3).to_bytes(8, "big") + (1).to_bytes(4, "big")
+    value = nonce + AESGCM(b"\x07" * 32).encrypt(nonce, body, ad)
+    with pytest.raises(IntegrityError, match="earlier otrace"):
+        CODEC.open_raw(EdbRow(3, 1, value))
