@@ -42,6 +42,7 @@ from collector._enclave_app import (
     make_indexer,
     node_counter,
     open_device,
+    prioritise_ecalls,
     query_ecalls,
 )
 from collector._ingest import IngestEngine, journal_requests
@@ -70,6 +71,7 @@ _SCHEMA_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('otrace-cluster-sc
 
 def start(init: bytes) -> EcallTable:
     """Enclave entry point of a replica: attest, open the shared store, return the ecalls."""
+    prioritise_ecalls()
     config = EnclaveConfig.from_bytes(init)
     if not config.replica:
         raise ConfigError("a replica enclave needs a replica name")
