@@ -44,23 +44,34 @@ def ensure_private_dir(directory: Path) -> Path:
     return directory
 
 
-def read_private_file(path: Path) -> bytes | None:
-    """The bytes of `path`, or None if it does not exist; refuse loose permissions."""
+def _open_private(path: Path, flags: int) -> int | None:
+    """A descriptor of `path` (never through a symlink), or None if it does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return os.open(path, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot open {path}: {exc.strerror}") from exc
+
+
+def _refuse_loose(path: Path, mode: int) -> None:
+    if mode & _GROUP_OR_OTHER:
+        raise ConfigError(
+            f"file {path} is readable or writable by other users "
+            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+        )
+
+
+def read_private_file(path: Path) -> bytes | None:
+    """The bytes of `path`, or None if it does not exist; refuse loose permissions."""
+    fd = _open_private(path, os.O_RDONLY)
+    if fd is None:
+        return None
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(handle.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise ConfigError(f"{path} is not a regular file")
-        if mode & _GROUP_OR_OTHER:
-            raise ConfigError(
-                f"file {path} is readable or writable by other users "
-                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
-            )
+        _refuse_loose(path, mode)
         return handle.read()
 
 
@@ -89,21 +100,14 @@ def overwrite_private_file(path: Path, data: bytes) -> bool:
     False, writing nothing, when `path` is missing or of another size: the
     caller then replaces it durably with `write_private_file`.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
+    fd = _open_private(path, os.O_WRONLY)
+    if fd is None:
         return False
-    except OSError as exc:
-        raise ConfigError(f"cannot open {path}: {exc.strerror}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
             return False
-        if info.st_mode & _GROUP_OR_OTHER:
-            raise ConfigError(
-                f"file {path} is readable or writable by other users "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
-            )
+        _refuse_loose(path, info.st_mode)
         if os.pwrite(fd, data, 0) != len(data):
             raise ConfigError(f"cannot write {path}: short write")
         return True
