@@ -4,7 +4,7 @@ algebra the executor and compaction use agrees with Python sets."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otrace.errors import IntegrityError
@@ -13,6 +13,7 @@ from query._postings import BlockSet
 blocks = st.sets(st.integers(0, 2**20), max_size=300)
 
 
+@settings(deadline=None)  # masks of up to 2^20 bits
 @given(blocks)
 def test_encodings_round_trip(numbers: set[int]) -> None:
     s = BlockSet.of(numbers)
@@ -28,6 +29,7 @@ def test_dense_lists_are_bitmaps_and_sparse_lists_are_varints() -> None:
     assert sparse.encode()[0] == 0 and len(sparse.encode()) < 12
 
 
+@settings(deadline=None)
 @given(blocks, blocks, st.integers(0, 2**20))
 def test_set_algebra_matches_python_sets(a: set[int], b: set[int], lowest: int) -> None:
     x, y = BlockSet.of(a), BlockSet.of(b)
