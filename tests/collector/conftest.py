@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,21 @@ def node_settings(tmp_path: Path, **changes: object) -> Settings:
     return Settings(**fields)  # type: ignore[arg-type]
 
 
+@contextmanager
+def running(settings: Settings) -> Iterator[Node]:
+    """A started node, stopped on exit."""
+    node = Node(settings)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    started = Node(node_settings(tmp_path))
-    started.start()
-    try:
+    with running(node_settings(tmp_path)) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def stored(node: Node) -> TracesData:

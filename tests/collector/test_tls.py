@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from collector import Node
 from otrace.errors import ConfigError
-from tests.collector.conftest import node_settings, spans_of, stored
+from tests.collector.conftest import node_settings, running, spans_of, stored
 from tests.collector.otlp_helpers import run_sdk_exporter
 
 PROTOCOLS = ["grpc", "http/protobuf"]
@@ -118,12 +118,8 @@ def _tls_node(tmp_path: Path, pki: Pki, *, mtls: bool) -> Iterator[Node]:
         tls_key=str(pki.server.key),
         tls_client_ca=str(pki.ca) if mtls else "",
     )
-    node = Node(settings)
-    node.start()
-    try:
+    with running(settings) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def _endpoint(node: Node, protocol: str, scheme: str) -> dict[str, str]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -34,22 +32,13 @@ from otrace.faas import (
     otlp_tracer_provider,
 )
 from tee import SECURITY_VERSION, KmsPolicy, Platform, ProducerCa, report_data_for
-from tests.collector.conftest import node_settings, spans_of, stored
+from tests.collector.conftest import node_settings, running, spans_of, stored
 from tests.collector.test_tls import _issue, _write
 from tests.faas.chain_functions import CHAIN, refund
 from tests.faas.conftest import build_chain
 from tests.faas.test_chain import ORDER
 
 ROLES = ["gateway", *(f.name for f in CHAIN)]
-
-
-@contextmanager
-def running(node: Node) -> Iterator[Node]:
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def _check_one_trace(node: Node) -> None:
@@ -73,7 +62,7 @@ def _shutdown(providers: dict[str, TracerProvider]) -> None:
 
 
 def test_chain_spans_form_one_trace(tmp_path: Path) -> None:
-    with running(Node(node_settings(tmp_path))) as node:
+    with running(node_settings(tmp_path)) as node:
         assert node.grpc is not None
         endpoint = f"127.0.0.1:{node.grpc.port}"
         providers = {role: otlp_tracer_provider(role, endpoint, batch=False) for role in ROLES}
@@ -136,7 +125,7 @@ def test_require_attested_producers(tmp_path: Path, server_pki: tuple[Path, Path
     settings = node_settings(
         tmp_path, tls_cert=str(cert), tls_key=str(key), require_attested_producers=True
     )
-    with running(Node(settings)) as node:
+    with running(settings) as node:
         assert node.grpc is not None
         endpoint = f"localhost:{node.grpc.port}"
         platform = Platform.open(tmp_path / "platform")

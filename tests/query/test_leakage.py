@@ -136,6 +136,22 @@ def _secret_trace(now: int) -> tuple[bytes, Any]:
     return tid, req
 
 
+def _stored_secret_trace(harness: Harness) -> bytes:
+    """Ingests the secret trace; returns its trace trapdoor."""
+    tid, req = _secret_trace(time.time_ns())
+    harness.ingest(req)
+    return trapdoor_for(INDEX_KEY, trace_keyword(tid))
+
+
+def _looked_up_bucket(harness: Harness) -> tuple[bytes, int]:
+    """Ingests the secret trace and looks it up once: its trapdoor and the one EDB slot read."""
+    door = _stored_secret_trace(harness)
+    mark = harness.seen.mark()
+    assert len(harness.executor.get_trace(door).records) == 3
+    (slot,) = harness.edb_slots(mark)
+    return door, slot
+
+
 def _search(service: str, now: int) -> SearchRequest:
     return SearchRequest(
         terms=(trapdoor_for(INDEX_KEY, service_keyword(service)),),
@@ -201,10 +217,7 @@ def test_every_query_reads_its_budget_whatever_it_matches(harness: Harness) -> N
 def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_slots(
     harness: Harness,
 ) -> None:
-    now = time.time_ns()
-    tid, req = _secret_trace(now)
-    harness.ingest(req)
-    door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
+    door = _stored_secret_trace(harness)
     runs = []
     for _ in range(2):
         mark = harness.seen.mark()
@@ -218,10 +231,7 @@ def test_the_same_query_twice_reads_unrelated_paths_and_repeats_only_its_slots(
 
 
 def test_leaves_read_by_queries_are_uniform(harness: Harness) -> None:
-    now = time.time_ns()
-    tid, req = _secret_trace(now)
-    harness.ingest(req)
-    door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
+    door = _stored_secret_trace(harness)
     mark = harness.seen.mark()
     for _ in range(60):
         harness.executor.get_trace(door)  # the same block, again and again
@@ -253,13 +263,7 @@ def test_rows_written_after_a_search_sit_at_slots_it_never_looked_up(harness: Ha
 def test_an_altered_index_row_is_an_integrity_error_never_a_wrong_answer(
     harness: Harness,
 ) -> None:
-    now = time.time_ns()
-    tid, req = _secret_trace(now)
-    harness.ingest(req)
-    door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
-    mark = harness.seen.mark()
-    harness.executor.get_trace(door)
-    (slot,) = harness.edb_slots(mark)
+    door, slot = _looked_up_bucket(harness)
     table = harness.engine.edb.table
     with harness.store.engine.begin() as conn:
         value = conn.execute(sa.select(table.c.value).where(table.c.slot == slot)).scalar_one()
@@ -272,13 +276,7 @@ def test_an_altered_index_row_is_an_integrity_error_never_a_wrong_answer(
 def test_a_deleted_index_bucket_is_an_integrity_error_never_a_silent_gap(
     harness: Harness,
 ) -> None:
-    now = time.time_ns()
-    tid, req = _secret_trace(now)
-    harness.ingest(req)
-    door = trapdoor_for(INDEX_KEY, trace_keyword(tid))
-    mark = harness.seen.mark()
-    assert len(harness.executor.get_trace(door).records) == 3
-    (slot,) = harness.edb_slots(mark)
+    door, slot = _looked_up_bucket(harness)
     table = harness.engine.edb.table
     with harness.store.engine.begin() as conn:
         conn.execute(table.delete().where(table.c.slot == slot))

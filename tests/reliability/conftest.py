@@ -12,10 +12,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import Node
 from otrace.loadtest import ExpectedTrace, span_digest
-from otrace.settings import Settings
 from otrace.soak import rss_of_tree
 from query import QueryClient
-from tests.collector.conftest import node_settings
+from tests.collector.conftest import node_settings, running
 from tests.collector.otlp_helpers import grpc_export, request
 
 __all__ = [
@@ -46,16 +45,6 @@ def send_known(node: Node, requests: list[ExportTraceServiceRequest]) -> None:
 
 def span_ids(req: ExportTraceServiceRequest) -> set[bytes]:
     return {s.span_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[Node]:
-    node = Node(settings)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 @contextmanager
