@@ -134,7 +134,7 @@ class DirectBlockStore:
         self.seq = seq
         if self._counter is not None:
             # As PathOram: the commit is durable, the counter trails it (SECURITY.md).
-            self._counter.advance(seq, durable=seq % p.checkpoint_every == 0)
+            self._counter.advance(seq, durable=p.is_checkpoint(seq))
         return results
 
     def _serve(

@@ -362,7 +362,7 @@ class PathOram:
         remap: dict[int, int],
     ) -> ClientState:
         p = self.params
-        if seq % p.checkpoint_every == 0:
+        if p.is_checkpoint(seq):
             positions = self._state.positions.copy()
             for block, leaf in remap.items():
                 positions[block] = leaf
@@ -396,9 +396,7 @@ class PathOram:
         if self._counter is not None:
             # The commit is durable; the counter only has to trail it. Syncing it at
             # checkpoints alone bounds what an OS crash can take back (SECURITY.md).
-            self._counter.advance(
-                state.seq, durable=state.seq % self.params.checkpoint_every == 0
-            )
+            self._counter.advance(state.seq, durable=self.params.is_checkpoint(state.seq))
         s = self.stats
         s.batches += 1
         s.logical_accesses += ops

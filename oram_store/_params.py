@@ -64,6 +64,10 @@ class OramParams:
         if self.format not in (1, FORMAT):
             raise ConfigError(f"unknown ORAM storage format {self.format}")
 
+    def is_checkpoint(self, seq: int) -> bool:
+        """Whether commit `seq` writes a checkpoint (and syncs the freshness counter)."""
+        return seq % self.checkpoint_every == 0
+
     @property
     def height(self) -> int:
         if self.format == 1:
