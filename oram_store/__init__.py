@@ -14,6 +14,7 @@ swapping or rollback of what it stored is detected.
 from oram_store._audit import AuditReport
 from oram_store._codec import Bucket, BucketCodec
 from oram_store._direct import DirectBlockStore
+from oram_store._eviction import path_nodes
 from oram_store._oram import OramStats, PathOram, Read, TransactionHook, Write
 from oram_store._params import OramParams
 from oram_store._state import FreshnessCounter, StateSealer
@@ -36,4 +37,5 @@ __all__ = [
     "TransactionHook",
     "TreeTransaction",
     "Write",
+    "path_nodes",
 ]

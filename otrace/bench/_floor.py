@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Iterator
 
-from oram_store import BucketCodec, OramParams, SqlBucketStore, StateRecord
+from oram_store import BucketCodec, OramParams, SqlBucketStore, StateRecord, path_nodes
 from otrace.bench._support import ProgressCallback, Ticker
 
 __all__ = ["FloorPattern", "load_floor"]
@@ -66,10 +66,8 @@ class FloorPattern:
     def _transaction(self, paths: int) -> None:
         p, pool = self._params, self._pool
         self._version += 1
-        nodes: set[int] = set()
-        for _ in range(paths):
-            nodes.update(_path(p.height, self._rng.randrange(p.leaves)))
-        ordered = sorted(nodes)
+        leaves = [self._rng.randrange(p.leaves) for _ in range(paths)]
+        ordered = sorted(path_nodes(p.height, leaves))
         rows = [(n, self._version, pool[(self._version + n) % _BLOB_POOL]) for n in ordered]
         with self.store.transaction(p.tree_id) as txn:
             txn.read_buckets([n for n in ordered if n >= self._first_uncached])
@@ -104,8 +102,3 @@ def _load_floor_table(
         lambda: StateRecord(0, 1, b""),
     )
 
-
-def _path(height: int, leaf: int) -> list[int]:
-    """Heap indices of the path from the root (1) to `leaf`, ascending."""
-    node = (1 << height) + leaf
-    return [node >> shift for shift in range(height, -1, -1)]
