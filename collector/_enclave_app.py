@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Engine
 
+from collector._builder import ProcessBuilder
 from collector._epochs import EpochThread
 from collector._ingest import BlockDevice, IngestEngine
 from collector._journal import Journal
@@ -132,8 +133,12 @@ def start(init: bytes) -> EcallTable:
         else Journal(device.store.engine, journal_key, counter=journal_counter)  # type: ignore[attr-defined]
     )
     indexer = make_indexer(config, secrets)
+    unindexed = frozenset(config.unindexed)
+    builder = ProcessBuilder(
+        secrets["index_key"], edb_value_key(secrets), device.params.block_size, unindexed
+    )
     engine = IngestEngine(
-        device, journal, sealer, indexer=indexer, unindexed=frozenset(config.unindexed)
+        device, journal, sealer, indexer=indexer, unindexed=unindexed, builder=builder
     )
     budget = QueryBudget.from_reads(
         config.trace_reads, config.search_reads, device.params.batch_size
@@ -168,9 +173,14 @@ def node_counter(platform: Platform, config: EnclaveConfig) -> MonotonicCounter:
 def make_indexer(config: EnclaveConfig, secrets: dict[str, bytes]) -> Indexer:
     return Indexer(
         secrets["index_key"],
-        EdbCodec(derive(secrets["state_key"], b"otrace/edb-value")),
+        EdbCodec(edb_value_key(secrets)),
         retention_ns=config.retention_s * 10**9,
     )
+
+
+def edb_value_key(secrets: dict[str, bytes]) -> bytes:
+    """The key EDB buckets are encrypted under (the enclave's own, not the analysts')."""
+    return derive(secrets["state_key"], b"otrace/edb-value")
 
 
 def edb_reader(edb: EdbTable, db: Engine) -> Any:

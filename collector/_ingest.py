@@ -13,6 +13,9 @@ continuing a half-written epoch safe.
 The epoch's last batch also commits its index segment (EDB rows) and the
 sealed index state; compaction and retention (`maintain`) commit theirs with a
 padding read, so every index change is atomic with an ORAM commit.
+
+The CPU work (packing, index rows, merges) is an `EpochBuilder`'s
+(`collector._builder`); the next epoch is built while this one is written.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder
 from collector._journal import Journal
 from collector._otlp import PROTOBUF, Limits, decode_request, validate
 from oram_store import OramParams, Read, TransactionHook, TreeTransaction, Write
@@ -37,14 +41,12 @@ from otrace.errors import ConfigError, IntegrityError, InvalidRequest
 from query import (
     EdbRow,
     EdbTable,
-    EpochSpans,
     Indexer,
     IndexState,
-    PackedBlock,
+    MaintenancePlan,
+    Segment,
     decode_index,
     encode_index,
-    pack_blocks,
-    records_from_request,
     traces_data,
     unpack_blocks,
 )
@@ -131,6 +133,7 @@ class IngestEngine:
         unindexed: frozenset[str] = frozenset(),
         clock: Callable[[], int] = time.time_ns,
         fence: TransactionHook | None = None,
+        builder: EpochBuilder | None = None,
     ) -> None:
         self.device = device
         self.journal = journal
@@ -141,10 +144,15 @@ class IngestEngine:
         self._max_entries = max_epoch_entries
         # Bounds an epoch's work (~10k typical spans): queries wait for the epoch's lock.
         self._max_bytes = max_epoch_bytes
-        self._unindexed = unindexed
         self._clock = clock
         # Runs first in every device commit (a replica's term check); None on a single node.
         self._fence = fence
+        # Builds epochs and merges (`collector._builder`); one is built ahead while the
+        # previous one is written: (the journal entry it follows, its base, its future).
+        self._builder = builder or InlineBuilder(indexer, device.params.block_size, unindexed)
+        self._ahead: tuple[int, int, Future[BuiltEpoch]] | None = None
+        self._next_segment = 0
+        self._merging: tuple[MaintenancePlan, Future[tuple[Segment, list[EdbRow]]]] | None = None
         # `lock` guards the device and the index for one batch (reentrant: the query
         # executor holds it across a whole query); `_drain_lock` lets one epoch or
         # maintenance pass run at a time, and their CPU work (packing, index rows,
@@ -165,6 +173,11 @@ class IngestEngine:
         self._refuse_if_failed()
         return journal_requests(self.journal, items, self._limits)
 
+    def close(self) -> None:
+        """Stops the epoch builder (the engine's storage belongs to its caller)."""
+        self._ahead = self._merging = None
+        self._builder.close()
+
     def journal_depth(self) -> int:
         return self.journal.last_seq - self.state.watermark
 
@@ -179,8 +192,9 @@ class IngestEngine:
         try:
             with self._drain_lock:
                 report = self._drain()
-            if report is not None:
-                self.maintain()
+            # While epochs keep coming, a merge is committed once built; at the end of
+            # the journal it is waited for.
+            self.maintain(wait=report is None)
             return report
         except IntegrityError as exc:
             self.failure = exc
@@ -202,24 +216,48 @@ class IngestEngine:
                     f"ingest journal entries {first}..{last} of a half-written epoch are "
                     "missing from storage"
                 )
+            built = self._builder.epoch(entries, base, self._reserve_segment()).result()
         else:
-            entries = _up_to_bytes(
-                self.journal.read_after(st.watermark, self._max_entries), self._max_bytes
-            )
-            if not entries:
-                return None
-            first, last, done, base = entries[0][0], entries[-1][0], 0, st.next_block
-        records = [
-            rec
-            for _, body in entries
-            for rec in records_from_request(
-                ExportTraceServiceRequest.FromString(body), self._unindexed
-            )
-        ]
-        blocks = pack_blocks(records, self.device.params.block_size)
-        self._write_epoch(blocks, (first, last, done, base), len(records))
-        self.journal.truncate(last)
-        return EpochReport(len(entries), len(records), len(blocks), time.perf_counter() - started)
+            done = 0
+            ahead = self._claim_ahead(st)
+            if ahead is None:
+                entries = self._entries_after(st.watermark)
+                if not entries:
+                    return None
+                ahead = self._builder.epoch(entries, st.next_block, self._reserve_segment())
+            built = ahead.result()
+        # The next epoch is built while this one is written.
+        self._build_ahead(built)
+        self._write_epoch(built, done)
+        self.journal.truncate(built.last)
+        elapsed = time.perf_counter() - started
+        return EpochReport(built.last - built.first + 1, built.spans, len(built.blocks), elapsed)
+
+    def _entries_after(self, seq: int) -> list[tuple[int, bytes]]:
+        return _up_to_bytes(self.journal.read_after(seq, self._max_entries), self._max_bytes)
+
+    def _reserve_segment(self) -> int:
+        """A segment id no committed or in-flight segment has: epochs built ahead and
+        merges take ids in the order they start, not the order they commit."""
+        seg_id = max(self.index.next_segment, self._next_segment)
+        self._next_segment = seg_id + 1
+        return seg_id
+
+    def _build_ahead(self, built: BuiltEpoch) -> None:
+        entries = self._entries_after(built.last)
+        if entries:
+            base = built.base + len(built.blocks)
+            future = self._builder.epoch(entries, base, self._reserve_segment())
+            self._ahead = (built.last, base, future)
+
+    def _claim_ahead(self, st: IngestState) -> Future[BuiltEpoch] | None:
+        """The epoch built ahead, if it starts where the committed state ends (an epoch
+        that failed to commit leaves a stale one, dropped here)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        after, base, future = ahead
+        return future if (after, base) == (st.watermark, st.next_block) else None
 
     def drain_all(self) -> int:
         """Drains until the journal is empty; returns the number of epochs run."""
@@ -228,79 +266,85 @@ class IngestEngine:
             epochs += 1
         return epochs
 
-    def _write_epoch(
-        self, blocks: list[PackedBlock], where: tuple[int, int, int, int], spans: int
-    ) -> None:
-        first, last, done, base = where
+    def _write_epoch(self, built: BuiltEpoch, done: int) -> None:
         p = self.device.params
+        blocks, base = built.blocks, built.base
         while True:
             chunk = blocks[done : done + p.batch_size]
             ops: list[Read | Write] = [
-                Write((base + done + i) % p.blocks, block.data) for i, block in enumerate(chunk)
+                Write((base + done + i) % p.blocks, data) for i, data in enumerate(chunk)
             ]
             done += len(chunk)
             st = self.state
             work: IndexWork | None = None
             if done < len(blocks):
-                new = replace(st, pending=(first, last, done, base))
+                new = replace(st, pending=(built.first, built.last, done, base))
             else:
                 new = replace(
                     st,
-                    watermark=last,
+                    watermark=built.last,
                     next_block=base + len(blocks),
                     epochs=st.epochs + 1,
-                    spans=st.spans + spans,
+                    spans=st.spans + built.spans,
                     pending=None,
                 )
-                work = self._index_epoch(blocks, base)
+                work = self._index_epoch(built)
             # An epoch of empty requests still commits its watermark: a padding read.
             self._access(ops or [self._padding_read()], new, work)
             if new.pending is None:
                 return
 
-    def _index_epoch(self, blocks: list[PackedBlock], base: int) -> IndexWork | None:
-        if not blocks:
+    def _index_epoch(self, built: BuiltEpoch) -> IndexWork | None:
+        segment = built.segment
+        if segment is None:
             return None
-        records = [r for b in blocks for r in b.records]
-        epoch = EpochSpans(
-            blocks=[
-                (base + i, {w for r in b.records for w in r.keywords}) for i, b in enumerate(blocks)
-            ],
-            t_min=min(r.start_ns for r in records),
-            t_max=max(r.start_ns for r in records),
-            spans=len({(r.trace_id, r.span_id) for r in records}),
-            operations={r.operation for r in records},
-        )
-        index, rows = self.indexer.add_epoch(self.index, epoch)
 
         def write(conn: Any) -> IndexState:
-            self.edb.insert(conn, rows)
-            return index
+            self.edb.insert(conn, built.rows)
+            # Applied to the index as it is at commit time (a merge may have committed
+            # since this epoch was built).
+            return self.indexer.with_segment(self.index, segment, built.operations)
 
         return write
 
-    def maintain(self) -> bool:
+    def maintain(self, *, wait: bool = True) -> bool:
         """Compaction and retention: drops expired or overwritten segments, merges one group.
 
         Only epochs and maintenance change the index, one at a time, so the merge is
-        computed from rows read outside the device lock, which is then held only to
-        commit (delete, insert, sealed state) with one padding read."""
+        computed (by the builder) from rows read outside the device lock, which is then
+        held only to commit (delete, insert, sealed state) with one padding read. With
+        `wait` false a merge still being built is left to a later call, and epochs go on
+        meanwhile: a plan stays valid, since only maintenance removes segments."""
         with self._drain_lock:
-            index = self.index
-            plan = self.indexer.plan(index, self._clock(), self.live_from())
-            if not plan:
-                return False
-            merging = [s.id for s in plan.merge]
-            old = self._read_segments(merging) if merging else []
-            new_index, rows = self.indexer.apply(index, plan, old)
-
-            def work(conn: Any) -> IndexState:
-                self.edb.delete_segments(conn, [s.id for s in (*plan.retire, *plan.merge)])
-                self.edb.insert(conn, rows)
-                return new_index
-
-            self._access([self._padding_read()], self.state, work)
+            if self._merging is not None:
+                plan, future = self._merging
+                if not (wait or future.done()):
+                    return False
+                self._merging = None
+                self._commit_plan(plan, *future.result())
+                return True
+            plan = self.indexer.plan(self.index, self._clock(), self.live_from())
+            if not plan.merge:
+                if plan:
+                    self._commit_plan(plan, None, [])
+                return bool(plan)
+            old = self._read_segments([s.id for s in plan.merge])
+            future = self._builder.merge(self._reserve_segment(), plan.merge, old)
+            if wait or future.done():
+                self._commit_plan(plan, *future.result())
+            else:
+                self._merging = (plan, future)
             return True
+
+    def _commit_plan(
+        self, plan: MaintenancePlan, merged: Segment | None, rows: list[EdbRow]
+    ) -> None:
+        def work(conn: Any) -> IndexState:
+            self.edb.delete_segments(conn, [s.id for s in (*plan.retire, *plan.merge)])
+            self.edb.insert(conn, rows)
+            return self.indexer.with_plan(self.index, plan, merged)
+
+        self._access([self._padding_read()], self.state, work)
 
     def _read_segments(self, segments: Sequence[int]) -> list[EdbRow]:
         with self.device.store.engine.connect() as conn:  # type: ignore[attr-defined]

@@ -122,11 +122,16 @@ class Indexer:
 
     def add_epoch(self, state: IndexState, epoch: EpochSpans) -> tuple[IndexState, list[EdbRow]]:
         """The new state and the EDB rows of the epoch's level-0 segment."""
+        segment, rows = self.epoch_segment(state.next_segment, epoch)
+        return self.with_segment(state, segment, epoch.operations), rows
+
+    def epoch_segment(self, seg_id: int, epoch: EpochSpans) -> tuple[Segment, list[EdbRow]]:
+        """Level-0 segment `seg_id` of an epoch and its rows. Needs no index state, so the
+        epoch builder runs it while the previous epoch is still being written."""
         postings: dict[str, list[int]] = {}
         for block, words in epoch.blocks:
             for word in words:
                 postings.setdefault(word, []).append(block)
-        seg_id = state.next_segment
         trapdoor = self.trapdoor
         rows = self._rows(
             seg_id, {trapdoor(w): BlockSet.encode_sorted(blocks) for w, blocks in postings.items()}
@@ -142,10 +147,17 @@ class Indexer:
             epoch.spans,
             len(rows),
         )
-        new = IndexState(
-            (*state.segments, segment), seg_id + 1, _catalogued(state.catalogue, epoch.operations)
+        return segment, rows
+
+    def with_segment(
+        self, state: IndexState, segment: Segment, operations: Iterable[tuple[str, str]]
+    ) -> IndexState:
+        """`state` with an epoch's segment and its (service, span name) pairs added."""
+        return IndexState(
+            (*state.segments, segment),
+            max(state.next_segment, segment.id + 1),
+            _catalogued(state.catalogue, operations),
         )
-        return new, rows
 
     def _rows(self, seg_id: int, postings: Mapping[bytes, bytes]) -> list[EdbRow]:
         """A segment's buckets from trapdoor -> encoded postings."""
@@ -174,11 +186,17 @@ class Indexer:
         self, state: IndexState, plan: MaintenancePlan, merged_rows: Sequence[EdbRow]
     ) -> tuple[IndexState, list[EdbRow]]:
         """The state after `plan`, and the merged segment's rows (from the old segments' rows)."""
-        dropped = {s.id for s in (*plan.retire, *plan.merge)}
-        segments = [s for s in state.segments if s.id not in dropped]
         if not plan.merge:
-            return replace(state, segments=tuple(segments)), []
-        expected = {s.id: s.rows for s in plan.merge}
+            return self.with_plan(state, plan, None), []
+        merged, rows = self.merged_segment(state.next_segment, plan.merge, merged_rows)
+        return self.with_plan(state, plan, merged), rows
+
+    def merged_segment(
+        self, seg_id: int, group: Sequence[Segment], merged_rows: Sequence[EdbRow]
+    ) -> tuple[Segment, list[EdbRow]]:
+        """Segment `seg_id` merging `group`, and its rows, from the group's rows (checked to
+        be exactly theirs). Needs no index state: the epoch builder runs it."""
+        expected = {s.id: s.rows for s in group}
         seen = dict.fromkeys(expected, 0)
         found: dict[bytes, list[bytes]] = {}
         for row in merged_rows:
@@ -196,9 +214,7 @@ class Indexer:
         postings = {
             door: raws[0] if len(raws) == 1 else _merged(raws) for door, raws in found.items()
         }
-        seg_id = state.next_segment
         rows = self._rows(seg_id, postings)
-        group = plan.merge
         merged = Segment(
             seg_id,
             max(s.level for s in group) + 1,
@@ -209,9 +225,23 @@ class Indexer:
             sum(s.spans for s in group),
             len(rows),
         )
+        return merged, rows
+
+    def with_plan(
+        self, state: IndexState, plan: MaintenancePlan, merged: Segment | None
+    ) -> IndexState:
+        """`state` without the plan's retired and merged segments, with `merged` added."""
+        dropped = {s.id for s in (*plan.retire, *plan.merge)}
+        segments = [s for s in state.segments if s.id not in dropped]
+        if merged is None:
+            return replace(state, segments=tuple(segments))
         segments.append(merged)
         segments.sort(key=lambda s: s.first_block)
-        return replace(state, segments=tuple(segments), next_segment=seg_id + 1), rows
+        return replace(
+            state,
+            segments=tuple(segments),
+            next_segment=max(state.next_segment, merged.id + 1),
+        )
 
 
 def _merged(raws: list[bytes]) -> bytes:

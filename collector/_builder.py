@@ -1,0 +1,204 @@
+"""The epoch builder: an epoch's CPU work, done beside the enclave's I/O.
+
+Turning journal entries into data blocks and an index segment (parse, keywords,
+packing, trapdoors, bucket encryption) and merging index segments are pure
+functions of their inputs and the enclave's keys. `IngestEngine` hands them to
+an `EpochBuilder` and keeps for itself what touches storage and sealed state:
+journal reads, ORAM batches, commits.
+
+- `InlineBuilder` runs them in the caller's thread (tests, replicas).
+- `ProcessBuilder` runs them in a second process of the enclave (the node's
+  default). The engine then builds epoch N+1 while it writes epoch N, and the
+  enclave process's GIL stays free for the ingest ecalls that acknowledge
+  Exports. The builder is part of the enclave (an SGX enclave would run it on
+  a second thread): it receives the index and EDB value keys from its parent
+  at start, over a pipe between the two enclave processes, and holds no
+  storage handle. It exits when its parent does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from query import (
+    EdbCodec,
+    EdbRow,
+    EpochSpans,
+    Indexer,
+    Segment,
+    pack_blocks,
+    records_from_request,
+)
+
+__all__ = ["BuiltEpoch", "EpochBuilder", "InlineBuilder", "ProcessBuilder", "build_epoch"]
+
+Entries = Sequence[tuple[int, bytes]]  # (journal seq, Export request body)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltEpoch:
+    """Journal entries `first..last` as blocks for positions `base..`, and their segment."""
+
+    first: int
+    last: int
+    base: int
+    blocks: list[bytes]
+    spans: int
+    segment: Segment | None  # None when the entries held no spans
+    rows: list[EdbRow]
+    operations: frozenset[tuple[str, str]]  # (service, span name)
+
+
+def build_epoch(
+    indexer: Indexer,
+    block_size: int,
+    unindexed: frozenset[str],
+    entries: Entries,
+    base: int,
+    seg_id: int,
+) -> BuiltEpoch:
+    """Deterministic in its blocks for the same entries, which makes resuming a
+    half-written epoch safe (only the rows' nonces differ)."""
+    records = [
+        rec
+        for _, body in entries
+        for rec in records_from_request(ExportTraceServiceRequest.FromString(body), unindexed)
+    ]
+    packed = pack_blocks(records, block_size)
+    first, last = entries[0][0], entries[-1][0]
+    if not packed:
+        return BuiltEpoch(first, last, base, [], 0, None, [], frozenset())
+    operations = frozenset(r.operation for r in records)
+    epoch = EpochSpans(
+        blocks=[
+            (base + i, {w for r in b.records for w in r.keywords}) for i, b in enumerate(packed)
+        ],
+        t_min=min(r.start_ns for r in records),
+        t_max=max(r.start_ns for r in records),
+        spans=len({(r.trace_id, r.span_id) for r in records}),
+        operations=operations,
+    )
+    segment, rows = indexer.epoch_segment(seg_id, epoch)
+    blocks = [b.data for b in packed]
+    return BuiltEpoch(first, last, base, blocks, len(records), segment, rows, operations)
+
+
+class EpochBuilder:
+    """Where epochs are built and segments merged; results come back as futures."""
+
+    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
+        raise NotImplementedError
+
+    def merge(
+        self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+    ) -> Future[tuple[Segment, list[EdbRow]]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stops the builder; pending work is abandoned."""
+
+
+class InlineBuilder(EpochBuilder):
+    """Builds in the calling thread: each future is done when returned."""
+
+    def __init__(
+        self, indexer: Indexer, block_size: int, unindexed: frozenset[str] = frozenset()
+    ) -> None:
+        self._indexer = indexer
+        self._block_size = block_size
+        self._unindexed = unindexed
+
+    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
+        return _done(
+            lambda: build_epoch(
+                self._indexer, self._block_size, self._unindexed, entries, base, seg_id
+            )
+        )
+
+    def merge(
+        self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+    ) -> Future[tuple[Segment, list[EdbRow]]]:
+        return _done(lambda: self._indexer.merged_segment(seg_id, group, rows))
+
+
+def _done(work: object) -> Future:  # type: ignore[type-arg]
+    future: Future = Future()  # type: ignore[type-arg]
+    try:
+        future.set_result(work())  # type: ignore[operator]
+    except BaseException as exc:  # handed to whoever asks for the result, as a pool would
+        future.set_exception(exc)
+    return future
+
+
+class ProcessBuilder(EpochBuilder):
+    """Builds in one child process of the enclave, started with the keys it needs."""
+
+    def __init__(
+        self,
+        index_key: bytes,
+        edb_key: bytes,
+        block_size: int,
+        unindexed: frozenset[str] = frozenset(),
+    ) -> None:
+        # The enclave process is a daemon of the host's, and multiprocessing refuses
+        # children to daemons because they could be orphaned. The builder exits by itself
+        # once orphaned (`_exit_with`), so this process lifts the flag for itself.
+        multiprocessing.current_process().daemon = False
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_child,
+            initargs=(index_key, edb_key, block_size, unindexed, os.getpid()),
+        )
+
+    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
+        return self._pool.submit(_child_epoch, list(entries), base, seg_id)
+
+    def merge(
+        self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+    ) -> Future[tuple[Segment, list[EdbRow]]]:
+        return self._pool.submit(_child_merge, seg_id, list(group), list(rows))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------ in the child
+
+_child: tuple[Indexer, int, frozenset[str]] | None = None
+
+
+def _start_child(
+    index_key: bytes, edb_key: bytes, block_size: int, unindexed: frozenset[str], parent: int
+) -> None:
+    global _child
+    _child = (Indexer(index_key, EdbCodec(edb_key)), block_size, unindexed)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """A builder outliving its enclave (SIGKILLed) would hold keys for nothing: exit."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _child_epoch(entries: Entries, base: int, seg_id: int) -> BuiltEpoch:
+    assert _child is not None
+    indexer, block_size, unindexed = _child
+    return build_epoch(indexer, block_size, unindexed, entries, base, seg_id)
+
+
+def _child_merge(
+    seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+) -> tuple[Segment, list[EdbRow]]:
+    assert _child is not None
+    return _child[0].merged_segment(seg_id, group, rows)

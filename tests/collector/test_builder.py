@@ -1,0 +1,223 @@
+"""The epoch builder (`collector._builder`) and the engine's pipeline around it: the next
+epoch is built while one is written, merges are built while epochs go on, and a failed
+commit or a killed enclave loses nothing and leaves nothing behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder, ProcessBuilder
+from collector._ingest import IngestEngine
+from collector._journal import Journal
+from oram_store import OramParams, PathOram, SqlBucketStore
+from otrace.errors import StorageError
+from query import EdbCodec, EdbRow, Indexer, Segment
+from tee import Sealer
+from tests.collector.otlp_helpers import request
+
+INDEX_KEY, EDB_KEY = b"\x05" * 32, b"\x04" * 32
+PROTOBUF = "application/x-protobuf"
+
+
+class HeldBuilder(EpochBuilder):
+    """Inline work whose merge results are handed over only when `release()` is called,
+    as a builder process still busy with them would."""
+
+    def __init__(self, inline: InlineBuilder) -> None:
+        self.inline = inline
+        self.held: list[tuple[Future[Any], Future[Any]]] = []
+        self.epochs = 0
+
+    def epoch(
+        self, entries: Sequence[tuple[int, bytes]], base: int, seg_id: int
+    ) -> Future[BuiltEpoch]:
+        self.epochs += 1
+        return self.inline.epoch(entries, base, seg_id)
+
+    def merge(
+        self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+    ) -> Future[tuple[Segment, list[EdbRow]]]:
+        done = self.inline.merge(seg_id, group, rows)
+        later: Future[tuple[Segment, list[EdbRow]]] = Future()
+        self.held.append((done, later))
+        return later
+
+    def release(self) -> None:
+        for done, later in self.held:
+            later.set_result(done.result())
+        self.held.clear()
+
+
+def _engine(tmp_path: Path, builder: EpochBuilder | None = None, **kw: Any) -> IngestEngine:
+    store = SqlBucketStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    sealer = Sealer.from_key(b"\x01" * 32)
+    params = OramParams("spans", blocks=1024, block_size=4096, batch_size=4)
+    if store.load_meta("spans") is None:
+        oram = PathOram.create(store, params, key=b"\x02" * 32, sealer=sealer, cache_levels=2)
+    else:
+        oram = PathOram.open(store, "spans", key=b"\x02" * 32, sealer=sealer, cache_levels=2)
+    journal = Journal.sqlite(str(tmp_path / "journal.sqlite"), b"\x03" * 32)
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    return IngestEngine(oram, journal, sealer, indexer=indexer, builder=builder, **kw)
+
+
+def _ingest(engine: IngestEngine, requests: int, spans: int = 30) -> None:
+    for i in range(requests):
+        body = request(spans, f"svc-{i % 3}").SerializeToString()
+        assert engine.ingest([(PROTOBUF, body)])[0].ok
+
+
+def _stored(engine: IngestEngine) -> Counter[tuple[bytes, bytes]]:
+    data = engine.scan()
+    return Counter(
+        (s.trace_id, s.span_id)
+        for rs in data.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    )
+
+
+def _assert_index_consistent(engine: IngestEngine) -> None:
+    ids = [s.id for s in engine.index.segments]
+    assert len(ids) == len(set(ids))
+    assert all(s < engine.index.next_segment for s in ids)
+    with engine.device.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = engine.edb.segment_rows(conn, ids)
+    assert Counter(r.segment for r in rows) == {s.id: s.rows for s in engine.index.segments}
+
+
+def test_process_builder_packs_the_same_blocks_and_postings_as_inline() -> None:
+    entries = [(i + 1, request(40, f"svc-{i}").SerializeToString()) for i in range(3)]
+    inline = InlineBuilder(Indexer(INDEX_KEY, EdbCodec(EDB_KEY)), 4096).epoch(entries, 7, 3)
+    process = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
+    try:
+        there = process.epoch(entries, 7, 3).result(timeout=60)
+    finally:
+        process.close()
+    here = inline.result()
+    assert (there.first, there.last, there.base, there.spans) == (1, 3, 7, 120)
+    assert there.blocks == here.blocks  # packing is deterministic
+    assert there.segment == here.segment
+    codec = EdbCodec(EDB_KEY)
+    # Same postings in the same buckets; only the buckets' nonces differ.
+    assert [sorted(codec.open_raw(r)) for r in there.rows] == [
+        sorted(codec.open_raw(r)) for r in here.rows
+    ]
+    assert [r.value for r in there.rows] != [r.value for r in here.rows]
+
+
+def _builder_then_wait(ready: Any) -> None:
+    builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
+    builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
+    ready.put(multiprocessing.active_children()[0].pid)
+    time.sleep(600)
+
+
+def test_the_builder_exits_when_its_enclave_is_killed() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    enclave = ctx.Process(target=_builder_then_wait, args=(ready,))
+    enclave.start()
+    child = ready.get(timeout=60)
+    os.kill(enclave.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    enclave.join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return  # gone: it held the index keys for nothing
+        if _is_zombie(child):
+            return
+        time.sleep(0.1)
+    pytest.fail("the builder process outlived its enclave by 10 s")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_epochs_are_built_ahead_and_all_stored_once(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, max_epoch_entries=2)
+    _ingest(engine, 9)
+    assert engine.drain_all() == 5
+    assert sorted(_stored(engine).values()) == [1] * 270
+    _assert_index_consistent(engine)
+
+
+class FailingDevice:
+    """The ORAM, refusing one commit: the epoch stops half-written."""
+
+    def __init__(self, device: Any, fail_at: int) -> None:
+        self._device, self._calls, self._fail_at = device, 0, fail_at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._device, name)
+
+    def access_batch(self, ops: Any, **kw: Any) -> Any:
+        self._calls += 1
+        if self._calls == self._fail_at:
+            raise StorageError("injected: the database went away")
+        return self._device.access_batch(ops, **kw)
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 6])
+def test_a_failed_commit_drops_the_epoch_built_ahead_and_loses_nothing(
+    tmp_path: Path, fail_at: int
+) -> None:
+    engine = _engine(tmp_path, max_epoch_entries=2)
+    engine.device = FailingDevice(engine.device, fail_at)  # type: ignore[assignment]
+    _ingest(engine, 7)
+    with pytest.raises(StorageError, match="injected"):
+        engine.drain_all()
+    assert engine.failure is None  # a storage error is retried, not latched
+    engine.drain_all()
+    assert sorted(_stored(engine).values()) == [1] * 210
+    _assert_index_consistent(engine)
+    # And after a restart from what was committed.
+    engine.journal.close()
+    again = _engine(tmp_path)
+    assert sorted(_stored(again).values()) == [1] * 210
+    _assert_index_consistent(again)
+
+
+def test_epochs_go_on_while_a_merge_is_being_built(tmp_path: Path) -> None:
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    held = HeldBuilder(InlineBuilder(indexer, 4096))
+    engine = _engine(tmp_path, held, max_epoch_entries=1)
+    _ingest(engine, 6)
+    for _ in range(4):
+        assert engine.drain_once() is not None
+    # Two segments asked for a merge after the second epoch; it is still being built,
+    # and the epochs after it committed regardless, under segment ids of their own.
+    assert len(held.held) == 1
+    assert [s.level for s in engine.index.segments] == [0, 0, 0, 0]
+    held.release()
+    assert engine.maintain(wait=False)  # the merge commits now, on the current index
+    assert sorted(s.level for s in engine.index.segments) == [0, 0, 1]
+    _assert_index_consistent(engine)
+    held.inline = InlineBuilder(indexer, 4096)  # merges done at once from here on
+    held.merge = held.inline.merge  # type: ignore[method-assign]
+    engine.drain_all()
+    assert sorted(_stored(engine).values()) == [1] * 180
+    _assert_index_consistent(engine)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_children() -> Iterator[None]:
+    yield
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
