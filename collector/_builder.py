@@ -79,7 +79,8 @@ def build_epoch(
     operations = frozenset(r.operation for r in records)
     epoch = EpochSpans(
         blocks=[
-            (base + i, {w for r in b.records for w in r.keywords}) for i, b in enumerate(packed)
+            (base + i, set().union(*(r.keywords for r in b.records)))
+            for i, b in enumerate(packed)
         ],
         t_min=min(r.start_ns for r in records),
         t_max=max(r.start_ns for r in records),

@@ -17,6 +17,7 @@ An all-zero block (never written) holds no records.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 
 from otrace.errors import IntegrityError
-from query._keywords import resource_keywords, span_keywords
+from query._keywords import resource_keywords, span_keyword_list
 
 __all__ = [
     "PackedBlock",
@@ -41,6 +42,7 @@ _HEADER = struct.Struct("<2sBBI")
 _MAGIC = b"OB"
 _RECORD = struct.Struct("<16s8sHHI")  # trace id, span id, fragment index, fragment count, length
 _MAX_DECOMPRESSED = 64 << 20
+_BY_TRACE = operator.attrgetter("trace_id", "span_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ class SpanRecord:
     trace_id: bytes
     span_id: bytes
     payload: bytes = field(repr=False)
-    keywords: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    keywords: tuple[str, ...] = field(default=(), repr=False, compare=False)
     start_ns: int = field(default=0, compare=False)
     operation: tuple[str, str] = field(default=("", ""), compare=False)
 
@@ -83,7 +85,7 @@ def records_from_request(
                         span.trace_id,
                         span.span_id,
                         single.SerializeToString(),
-                        span_keywords(shared, span, unindexed),
+                        span_keyword_list(shared, span, unindexed),
                         span.start_time_unix_nano,
                         (service, span.name),
                     )
@@ -141,7 +143,7 @@ def pack_blocks(records: Iterable[SpanRecord], block_size: int) -> list[PackedBl
     fragment = block_size - _HEADER.size - _RECORD.size - 64  # zstd frame overhead margin
     encoded: list[bytes] = []
     owners: list[SpanRecord] = []
-    for rec in sorted(records, key=lambda r: (r.trace_id, r.span_id)):
+    for rec in sorted(records, key=_BY_TRACE):
         pieces = [rec.payload[o : o + fragment] for o in range(0, len(rec.payload), fragment)]
         for index, piece in enumerate(pieces or [b""]):
             head = _RECORD.pack(rec.trace_id, rec.span_id, index, max(1, len(pieces)), len(piece))
@@ -202,6 +204,6 @@ def _payload(block: bytes) -> bytes:
 def traces_data(records: Iterable[SpanRecord]) -> TracesData:
     """Records merged back into one OTLP `TracesData`, in (trace, span) order."""
     data = TracesData()
-    for rec in sorted(records, key=lambda r: (r.trace_id, r.span_id)):
+    for rec in sorted(records, key=_BY_TRACE):
         data.resource_spans.append(ResourceSpans.FromString(rec.payload))
     return data

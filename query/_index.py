@@ -19,6 +19,7 @@ generation and digest to the ORAM commit.
 from __future__ import annotations
 
 import struct
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -128,14 +129,23 @@ class Indexer:
     def epoch_segment(self, seg_id: int, epoch: EpochSpans) -> tuple[Segment, list[EdbRow]]:
         """Level-0 segment `seg_id` of an epoch and its rows. Needs no index state, so the
         epoch builder runs it while the previous epoch is still being written."""
-        postings: dict[str, list[int]] = {}
+        postings: defaultdict[str, list[int]] = defaultdict(list)
         for block, words in epoch.blocks:
             for word in words:
-                postings.setdefault(word, []).append(block)
+                postings[word].append(block)
         trapdoor = self.trapdoor
-        rows = self._rows(
-            seg_id, {trapdoor(w): BlockSet.encode_sorted(blocks) for w, blocks in postings.items()}
-        )
+        # Most keywords (ids) are in one block: their lists are shared per block.
+        single: dict[int, bytes] = {}
+        entries = []
+        for word, blocks in postings.items():
+            if len(blocks) == 1:
+                raw = single.get(blocks[0])
+                if raw is None:
+                    raw = single[blocks[0]] = BlockSet.encode_sorted(blocks)
+            else:
+                raw = BlockSet.encode_sorted(blocks)
+            entries.append((trapdoor(word), raw))
+        rows = self._rows(seg_id, entries)
         numbers = [b for b, _ in epoch.blocks]
         segment = Segment(
             seg_id,
@@ -159,13 +169,18 @@ class Indexer:
             _catalogued(state.catalogue, operations),
         )
 
-    def _rows(self, seg_id: int, postings: Mapping[bytes, bytes]) -> list[EdbRow]:
-        """A segment's buckets from trapdoor -> encoded postings."""
-        count = bucket_count(len(postings))
+    def _rows(self, seg_id: int, entries: Sequence[RawEntry]) -> list[EdbRow]:
+        """A segment's buckets from (trapdoor, encoded postings), one per keyword."""
+        count = bucket_count(len(entries))
         buckets: dict[int, list[RawEntry]] = {}
         locate = Locator(seg_id, count)
-        for door, raw in postings.items():
-            buckets.setdefault(locate(door), []).append((door, raw))
+        for entry in entries:
+            bucket = locate(entry[0])
+            found = buckets.get(bucket)
+            if found is None:
+                buckets[bucket] = [entry]
+            else:
+                found.append(entry)
         return self.codec.segment_rows(seg_id, buckets, count)
 
     # ------------------------------------------------------------- maintenance
@@ -211,10 +226,13 @@ class Indexer:
                 f"(segments {sorted(expected)}: expected {expected}, found {seen})"
             )
         # Most keywords (ids) occur in one segment: their postings are copied as they are.
-        postings = {
-            door: raws[0] if len(raws) == 1 else _merged(raws) for door, raws in found.items()
-        }
-        rows = self._rows(seg_id, postings)
+        rows = self._rows(
+            seg_id,
+            [
+                (door, raws[0] if len(raws) == 1 else _merged(raws))
+                for door, raws in found.items()
+            ],
+        )
         merged = Segment(
             seg_id,
             max(s.level for s in group) + 1,

@@ -35,6 +35,7 @@ __all__ = [
     "resource_keywords",
     "service_keyword",
     "service_of",
+    "span_keyword_list",
     "span_keywords",
     "span_predicate",
     "time_cover",
@@ -149,18 +150,23 @@ def span_keywords(
     shared: Sequence[str], span: Span, skip: frozenset[str] = frozenset()
 ) -> frozenset[str]:
     """Every keyword of one span, given its resource's shared keywords."""
+    return frozenset(span_keyword_list(shared, span, skip))
+
+
+def span_keyword_list(
+    shared: Sequence[str], span: Span, skip: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """`span_keywords` as a tuple that may repeat a keyword (ingest unions them per block)."""
     start = span.start_time_unix_nano
-    return frozenset(
-        (
-            *shared,
-            name_keyword(span.name),
-            trace_keyword(span.trace_id),
-            _STATUS_WORDS.get(span.status.code, "status:unset"),
-            _KIND_WORDS.get(span.kind, "kind:unspecified"),
-            *_attribute_keywords(span.attributes, skip),
-            *_time_words(start // _MINUTE_NS),
-            *_duration_words(duration_bucket(span.end_time_unix_nano - start)),
-        )
+    return (
+        *shared,
+        name_keyword(span.name),
+        trace_keyword(span.trace_id),
+        _STATUS_WORDS.get(span.status.code, "status:unset"),
+        _KIND_WORDS.get(span.kind, "kind:unspecified"),
+        *_attribute_keywords(span.attributes, skip),
+        *_time_words(start // _MINUTE_NS),
+        *_duration_words(duration_bucket(span.end_time_unix_nano - start)),
     )
 
 
