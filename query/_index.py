@@ -133,7 +133,9 @@ class Indexer:
         for block, words in epoch.blocks:
             for word in words:
                 postings[word].append(block)
-        trapdoor = self.trapdoor
+        # Not through the cache: an epoch computes each keyword's trapdoor once, and most
+        # keywords (ids) are never seen again.
+        trapdoor = self._trapdoor_for
         # Most keywords (ids) are in one block: their lists are shared per block.
         single: dict[int, bytes] = {}
         entries = []
