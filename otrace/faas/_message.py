@@ -4,10 +4,12 @@ Wire form (canonical CBOR map):
 
     metadata      {request_id(16), chain_id, step, next_function, manifest_hash(32),
                    expires_at_ms}                          -- all the controller reads
-    manifest      the owner-signed manifest (public)
     previous_tag  the GCM tag of the hop this one answers (empty for hop 0)
     key_id(16)    the last 16 bytes of the hop-key HKDF output: a key commitment
     nonce(12), ciphertext
+
+The manifest itself does not travel: hosts hold the owner-signed manifests they
+were deployed with (`_registry.py`) and look up the one `manifest_hash` names.
 
 Hop key || key_id = HKDF-Expand-SHA256(PRK = hop secret, info
 `otrace/faas/v1/hop-key` + request_id, 48 bytes), where the KMS derived the hop
@@ -53,7 +55,7 @@ _HOP_KEY_INFO = b"otrace/faas/v1/hop-key"
 _META_KEYS = frozenset(
     {"request_id", "chain_id", "step", "next_function", "manifest_hash", "expires_at_ms"}
 )
-_MESSAGE_KEYS = frozenset({"metadata", "manifest", "previous_tag", "key_id", "nonce", "ciphertext"})
+_MESSAGE_KEYS = frozenset({"metadata", "previous_tag", "key_id", "nonce", "ciphertext"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,6 @@ class ChainMessage:
     """One hop on the wire. `from_bytes` checks shape only; `HopKey.open` authenticates."""
 
     metadata: HopMetadata
-    manifest: bytes
     previous_tag: bytes
     key_id: bytes
     nonce: bytes
@@ -112,7 +113,6 @@ class ChainMessage:
         return encode_canonical(
             {
                 "metadata": self.metadata.to_map(),
-                "manifest": self.manifest,
                 "previous_tag": self.previous_tag,
                 "key_id": self.key_id,
                 "nonce": self.nonce,
@@ -130,7 +130,6 @@ class ChainMessage:
             ciphertext = expect_bytes(fields["ciphertext"], "ciphertext")
             return cls(
                 metadata=HopMetadata.from_map(fields["metadata"]),
-                manifest=expect_bytes(fields["manifest"], "manifest"),
                 previous_tag=previous,
                 key_id=expect_bytes(fields["key_id"], "key_id", 16),
                 nonce=expect_bytes(fields["nonce"], "nonce", 12),
@@ -175,7 +174,6 @@ class HopKey:
     def seal(
         self,
         metadata: HopMetadata,
-        manifest: bytes,
         previous_tag: bytes,
         payload: Any,
         nonce: bytes,
@@ -184,7 +182,7 @@ class HopKey:
         plaintext = encode_canonical(payload)
         ad = associated_data(metadata, previous_tag)
         ciphertext = self._aead.encrypt(nonce, plaintext, ad)
-        return ChainMessage(metadata, manifest, previous_tag, self.key_id, nonce, ciphertext)
+        return ChainMessage(metadata, previous_tag, self.key_id, nonce, ciphertext)
 
     def open(self, message: ChainMessage) -> Any:
         """Authenticate and decrypt; a splice or any altered byte raises `ChainViolation`."""

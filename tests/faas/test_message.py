@@ -64,7 +64,7 @@ def test_hop_key_is_hkdf_of_chain_secret_request_step_and_function() -> None:
     hop_secret = derive_hop_secret(chain_secret, 2, measurement)
     assert hop_secret == prk
     key = HopKey(hop_secret, request_id)
-    sealed = key.seal(meta, b"", b"", {"args": 1}, bytes(12))
+    sealed = key.seal(meta, b"", {"args": 1}, bytes(12))
     assert key.key_id == okm[32:]
     assert sealed.ciphertext == AESGCM(okm[:32]).encrypt(
         bytes(12), encode_canonical({"args": 1}), associated_data(meta, b"")
@@ -78,7 +78,7 @@ def test_hop_key_is_hkdf_of_chain_secret_request_step_and_function() -> None:
 )
 def test_a_hop_key_opens_only_its_own_request_and_hop(secret: bytes, request_id: bytes) -> None:
     meta = HopMetadata(b"r" * 16, "c", 0, "f", bytes(32), 1)
-    sealed = HopKey(b"s" * 32, b"r" * 16).seal(meta, b"", b"", {"args": 1}, bytes(12))
+    sealed = HopKey(b"s" * 32, b"r" * 16).seal(meta, b"", {"args": 1}, bytes(12))
     other = HopKey(secret, request_id)
     with pytest.raises(ChainViolation, match="splice"):
         other.open(sealed)
