@@ -2,9 +2,11 @@
 
 Each role serves raw bytes over gRPC (`otrace.faas.v1.Faas/Call`) on `--listen`
 (port 0 picks a free one) and prints `<role> listening on HOST:PORT` once up.
-Workers and the gateway attest to the KMS (`--kms`, pinned `--kms-key`) on the
-first request; `--otlp` exports their spans, through an attested producer
-certificate when `--producer-ca` names the CA service.
+Workers and the gateway are deployed with the owner-signed manifests they serve
+(`--manifest`, verified against `--owner` at start; hops name them by hash)
+and attest to the KMS (`--kms`, pinned `--kms-key`) on the first request;
+`--otlp` exports their spans, through an attested producer certificate when
+`--producer-ca` names the CA service.
 """
 
 from __future__ import annotations
@@ -72,18 +74,34 @@ def faas() -> None:
     """Protected FaaS chains: run the gateway, the controller and worker functions."""
 
 
+def _manifest_option(*, multiple: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--manifest",
+        "manifests" if multiple else "manifest",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        multiple=multiple,
+        required=True,
+        help="An owner-signed manifest (as written by SignedManifest.to_bytes) this role serves"
+        + ("; repeat for several chains." if multiple else "."),
+    )
+
+
 @faas.command("worker")
 @click.option("--function", "spec", required=True, help="module:attribute of a @chain_function.")
+@_manifest_option(multiple=True)
 @_listen_option
 @_with_kms_options
-def worker(spec: str, listen: str, **options: Any) -> None:
-    """Serve one chain function in an emulated enclave."""
-    from otrace.faas import FunctionHost
+def worker(spec: str, manifests: tuple[Path, ...], listen: str, **options: Any) -> None:
+    """Serve one chain function in an emulated enclave, deployed with its chains' manifests."""
+    from otrace.faas import FunctionHost, SignedManifest
 
     function = _load_function(spec)
     platform, kms, owners = _enclave_parts(options)
+    signed = [SignedManifest.from_bytes(path.read_bytes()) for path in manifests]
     tracer = _tracer(function.name, function.measurement, platform, options)
-    host = FunctionHost(function, platform, kms, owners=owners, tracer_provider=tracer)
+    host = FunctionHost(
+        function, platform, kms, owners=owners, manifests=signed, tracer_provider=tracer
+    )
     _serve(f"worker {function.name}", {"Call": host.handle}, listen, tracer)
 
 
@@ -104,12 +122,7 @@ def controller(routes: tuple[str, ...], listen: str) -> None:
 
 
 @faas.command("gateway")
-@click.option(
-    "--manifest",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="The owner-signed manifest (as written by SignedManifest.to_bytes).",
-)
+@_manifest_option(multiple=False)
 @click.option("--controller", "controller_target", required=True, metavar="HOST:PORT")
 @_listen_option
 @_with_kms_options

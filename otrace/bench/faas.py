@@ -1,14 +1,16 @@
 """`otrace bench faas`: a protected 3-function chain against the same runtime unprotected.
 
 Both deployments use the same gateway, controller and function hosts, built
-once in this process on one platform and one KMS; "unprotected" turns off the
-manifest checks, hop encryption, replay set and KMS keys (`protect=False`).
+once in this process on one platform and one KMS, and deployed with the same
+signed manifest (hops name it by hash); "unprotected" turns off the per-hop
+checks, hop encryption, replay set and KMS keys (`protect=False`).
 Invocations alternate between the two (A B A B ...) so drift hits both alike.
 Over `grpc` every role is its own loopback gRPC server, as across processes;
 `local` calls in memory (the crypto's share is then largest).
 
 Cold start: a fresh deployment's first invocation, which attests each of the
-four enclaves (gateway + 3 functions) to the KMS and fetches their hop keys.
+four enclaves (gateway + 3 functions) to the KMS and fetches their hop keys
+(the manifest's signature is checked at deployment, before the clock starts).
 """
 
 from __future__ import annotations
@@ -172,7 +174,12 @@ class _Deployment:
             routes: dict[str, Transport] = {}
             for function in FUNCTIONS:
                 host = FunctionHost(
-                    function, self.platform, self.kms, owners=self.owners, protect=protect
+                    function,
+                    self.platform,
+                    self.kms,
+                    owners=self.owners,
+                    manifests=[self.signed],
+                    protect=protect,
                 )
                 routes[function.name] = self._transport(host.handle, transport, stack)
             controller = self._transport(Controller(routes).route, transport, stack)

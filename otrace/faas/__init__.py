@@ -4,8 +4,10 @@ Roles: a trusted `Gateway`, an untrusted `Controller` that routes by plaintext
 metadata only, and `FunctionHost`s running `@chain_function`s in emulated
 enclaves. Arguments, W3C trace context and baggage travel AES-GCM-encrypted
 under per-hop keys the KMS derives for attested functions only; an
-owner-signed `ChainManifest` fixes the order. Every refusal is a
-`ChainViolation`, raised before any function code runs.
+owner-signed `ChainManifest` fixes the order; it is deployed to each host once
+(`FunctionHost(..., manifests=[signed])`, a `ManifestRegistry`) and hops name
+it by hash. Every refusal is a `ChainViolation`, raised before any function
+code runs.
 
     @chain_function("resize")
     def resize(args, invocation): ...
@@ -25,6 +27,7 @@ from otrace.faas._producer import (
     obtain_producer_credentials,
     producer_ca_methods,
 )
+from otrace.faas._registry import ManifestRegistry
 from otrace.faas._replay import ReplayGuard
 from otrace.faas._tracing import otlp_tracer_provider
 from otrace.faas._transport import GrpcServer, GrpcTransport, LocalTransport, Transport, serve_bytes
@@ -45,6 +48,7 @@ __all__ = [
     "HopMetadata",
     "Invocation",
     "LocalTransport",
+    "ManifestRegistry",
     "PendingRequest",
     "ProducerCredentials",
     "RemoteProducerCa",

@@ -38,11 +38,11 @@ from otrace.faas._message import (
     HopMetadata,
     peek_metadata,
 )
+from otrace.faas._registry import ManifestRegistry
 from otrace.faas._tracing import inject_context
 from otrace.faas._transport import Transport
 from otrace.faas._worker import HopSecrets, decode_plain, open_payload, plain_message
 from tee import SECURITY_VERSION, KmsClient, Platform
-from tee._encoding import encode_canonical
 
 __all__ = ["Controller", "Gateway", "PendingRequest", "gateway_measurement"]
 
@@ -83,7 +83,8 @@ class Gateway:
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.signed = manifest
-        self.manifest = manifest.verified(owners)
+        # Deployed like a function host's: verified once here; hops carry only its hash.
+        self.manifest = ManifestRegistry(owners, clock=clock).register(manifest)
         measurement = gateway_measurement(config)
         if protect and not hmac.compare_digest(measurement, self.manifest.gateway):
             raise ChainViolation(
@@ -98,8 +99,6 @@ class Gateway:
         )
         self._protect = protect
         self._clock, self._rng = clock, rng
-        plain_names = [f.name for f in self.manifest.functions]
-        self._wire_manifest = manifest.to_bytes() if protect else encode_canonical(plain_names)
 
     def warm_up(self) -> None:
         """Cold start now: attest to the KMS and fetch the gateway's hop secrets."""
@@ -137,13 +136,13 @@ class Gateway:
         meta = HopMetadata(request_id, m.chain_id, 0, receiver.name, self.signed.digest, expires)
         if not self._protect:
             pending = PendingRequest(request_id, expires, span)
-            return pending, plain_message(meta, self._wire_manifest, payload)
+            return pending, plain_message(meta, payload)
         # Both of the request's gateway keys at once: back to back the KDF runs with warm
         # caches, while in `finish`, after the whole chain ran, it would start cold.
         hop_key = self.secrets.key(m, 0, request_id)
         final_key = self.secrets.key(m, m.length, request_id)
         pending = PendingRequest(request_id, expires, span, final_key)
-        sealed = hop_key.seal(meta, self._wire_manifest, b"", payload, self._rng(12))
+        sealed = hop_key.seal(meta, b"", payload, self._rng(12))
         return pending, sealed.to_bytes()
 
     def finish(self, pending: PendingRequest, data: bytes) -> Any:

@@ -1,13 +1,15 @@
 """The function host: runs one chain function inside an (emulated) enclave.
 
-`FunctionHost.handle(message) -> next message` checks, before any function
-code runs and each with its own `ChainViolation` message: message shape, the
-manifest's owner signature, the manifest hash the metadata names (manifest
-swap), chain id, manifest and request expiry, a request issued before this
-host started (replay across restarts fails closed), routing name, this host's
-place at the step (wrong measurement, function swap, skip, reorder), replay
-of (request_id, step), then the hop key (splice) and AES-GCM (tampering).
-Only then is the pair recorded as seen and the function run.
+The host is deployed with the owner-signed manifests of the chains it serves
+(`ManifestRegistry`: signature, pinned owner and expiry checked once, at
+registration). `FunctionHost.handle(message) -> next message` checks, before
+any function code runs and each with its own `ChainViolation` message: message
+shape, the manifest the metadata names (unknown manifest), chain id (manifest
+swap), manifest and request expiry, a request issued before this host started
+(replay across restarts fails closed), routing name, this host's place at the
+step (wrong measurement, function swap, skip, reorder), replay of (request_id,
+step), then the hop key (splice) and AES-GCM (tampering, including a relabelled
+manifest hash). Only then is the pair recorded as seen and the function run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hmac
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -26,6 +28,7 @@ from otrace.errors import ChainViolation
 from otrace.faas._function import ChainFunction, Invocation
 from otrace.faas._manifest import ChainManifest, SignedManifest
 from otrace.faas._message import ChainMessage, HopKey, HopMetadata
+from otrace.faas._registry import ManifestRegistry
 from otrace.faas._replay import ReplayGuard
 from otrace.faas._tracing import baggage_of, extract_context, inject_context
 from tee import SECURITY_VERSION, EnclaveIdentity, KmsClient, Platform
@@ -34,7 +37,6 @@ from tee._encoding import decode_canonical, encode_canonical
 __all__ = ["FunctionHost", "HopSecrets", "check_fresh", "check_place", "open_payload"]
 
 Clock = Callable[[], float]
-_MAX_MANIFESTS = 64
 Rng = Callable[[int], bytes]
 
 
@@ -85,6 +87,7 @@ class FunctionHost:
         kms: KmsClient,
         *,
         owners: Collection[bytes],
+        manifests: Iterable[SignedManifest] = (),
         tracer_provider: TracerProvider | None = None,
         security_version: int = SECURITY_VERSION,
         protect: bool = True,
@@ -94,7 +97,7 @@ class FunctionHost:
         self.function = function
         identity = platform.identity(function.measurement, security_version)
         self.secrets = HopSecrets(kms, platform, identity)
-        self._owners = frozenset(owners)
+        self.manifests = ManifestRegistry(owners, manifests, clock=clock)
         self._tracer: Tracer = (
             tracer_provider.get_tracer("otrace.faas") if tracer_provider else NoOpTracer()
         )
@@ -102,11 +105,13 @@ class FunctionHost:
         self._clock, self._rng = clock, rng
         self._started_ms = _ms(clock())
         self._replay = ReplayGuard()
-        self._manifests: dict[bytes, ChainManifest] = {}
-        self._plain_manifests: dict[bytes, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"FunctionHost({self.function.name}, protect={self._protect})"
+
+    def register(self, manifest: SignedManifest) -> ChainManifest:
+        """Deploy a chain to this host (verified once; see `ManifestRegistry.register`)."""
+        return self.manifests.register(manifest)
 
     def handle(self, data: bytes) -> bytes:
         """Check one incoming hop, run the function, return the sealed next hop."""
@@ -114,7 +119,7 @@ class FunctionHost:
         if not self._protect:
             return self._handle_plain(message)
         meta = message.metadata
-        manifest = self._manifest(message)
+        manifest = self.manifests.named_by(meta)
         now_ms = _ms(self._clock())
         check_fresh(manifest, meta, now_ms, self._started_ms)
         check_place(manifest, meta, self.function)
@@ -135,29 +140,8 @@ class FunctionHost:
             meta.expires_at_ms,
         )
         payload = {"args": result, "carrier": out_carrier}
-        sealed = key_out.seal(out_meta, message.manifest, message.tag, payload, self._rng(12))
+        sealed = key_out.seal(out_meta, message.tag, payload, self._rng(12))
         return sealed.to_bytes()
-
-    def _manifest(self, message: ChainMessage) -> ChainManifest:
-        # Keyed by the signed bytes: a manifest is parsed and verified once per host.
-        manifest = self._manifests.get(message.manifest)
-        if manifest is None:
-            signed = SignedManifest.from_bytes(message.manifest)
-            self._check_named(signed.digest, message.metadata)
-            manifest = signed.verified(self._owners)
-            if len(self._manifests) >= _MAX_MANIFESTS:
-                self._manifests.clear()
-            self._manifests[message.manifest] = manifest
-        self._check_named(manifest.digest, message.metadata)
-        return manifest
-
-    @staticmethod
-    def _check_named(digest: bytes, meta: HopMetadata) -> None:
-        if not hmac.compare_digest(digest, meta.manifest_hash):
-            raise ChainViolation(
-                f"manifest swap: the message carries manifest {digest.hex()[:16]} but "
-                f"its metadata names {meta.manifest_hash.hex()[:16]}"
-            )
 
     def _run(self, meta: HopMetadata, args: Any, carrier: object) -> tuple[Any, dict[str, str]]:
         parent = extract_context(carrier)
@@ -181,40 +165,32 @@ class FunctionHost:
             otel_context.detach(token)
 
     def _handle_plain(self, message: ChainMessage) -> bytes:
-        """The same runtime without protection (the benchmark's baseline): no checks, no crypto."""
+        """The same runtime without protection (the benchmark's baseline): no checks, no crypto.
+
+        It is deployed with the same manifests and routes by the same lookup.
+        """
         meta = message.metadata
+        manifest = self.manifests.named_by(meta)
         args, carrier = _payload(decode_plain(message.ciphertext), meta)
         result, out_carrier = self._run(meta, args, carrier)
-        names = self._plain_names(message.manifest)
         following = meta.step + 1
-        receiver = names[following] if following < len(names) else "gateway"
         out_meta = HopMetadata(
             meta.request_id,
             meta.chain_id,
             following,
-            receiver,
+            manifest.receiver(following).name,
             meta.manifest_hash,
             meta.expires_at_ms,
         )
-        return plain_message(out_meta, message.manifest, {"args": result, "carrier": out_carrier})
-
-    def _plain_names(self, manifest: bytes) -> list[str]:
-        # Cached like the protected path's manifests, so the baseline is not slowed by re-parsing.
-        names = self._plain_manifests.get(manifest)
-        if names is None:
-            names = decode_plain(manifest)
-            if len(self._plain_manifests) >= _MAX_MANIFESTS:
-                self._plain_manifests.clear()
-            self._plain_manifests[manifest] = names
-        return names
+        return plain_message(out_meta, {"args": result, "carrier": out_carrier})
 
 
 def check_fresh(manifest: ChainManifest, meta: HopMetadata, now_ms: int, started_ms: int) -> None:
     """Chain id, manifest and request expiry, and the fail-closed restart rule."""
     if meta.chain_id != manifest.chain_id:
         raise ChainViolation(
-            f"splice: metadata names chain {meta.chain_id!r} but the manifest is for "
-            f"{manifest.chain_id!r}"
+            f"manifest swap: metadata names chain {meta.chain_id!r} but manifest "
+            f"{meta.manifest_hash.hex()[:16]} is chain {manifest.chain_id!r}'s"
         )
     if now_ms > manifest.not_after_ms:
         raise ChainViolation(f"manifest of chain {manifest.chain_id!r} has expired")
@@ -281,10 +257,10 @@ def _payload(value: Any, meta: HopMetadata) -> tuple[Any, object]:
     return value["args"], value["carrier"]
 
 
-def plain_message(meta: HopMetadata, manifest: bytes, payload: Any) -> bytes:
+def plain_message(meta: HopMetadata, payload: Any) -> bytes:
     """An unprotected hop (benchmark baseline): the payload in clear, no key, no tag."""
     body = encode_canonical(payload)
-    return ChainMessage(meta, manifest, b"", bytes(16), bytes(12), body).to_bytes()
+    return ChainMessage(meta, b"", bytes(16), bytes(12), body).to_bytes()
 
 
 def decode_plain(data: bytes) -> Any:

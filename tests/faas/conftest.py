@@ -87,6 +87,7 @@ def build_chain(
 
     def make_host(function: ChainFunction, **options: object) -> FunctionHost:
         options.setdefault("tracer_provider", providers.get(function.name))
+        options.setdefault("manifests", [signed])
         return FunctionHost(function, platform, client, owners=owners, clock=clock, **options)  # type: ignore[arg-type]
 
     hosts = {f.name: make_host(f) for f in CHAIN}

@@ -17,7 +17,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from otrace.errors import AttestationError, ChainViolation, PolicyError
-from otrace.faas import ChainMessage, HopKey, ReplayGuard, peek_metadata, sign_manifest
+from otrace.faas import (
+    ChainMessage,
+    Controller,
+    Gateway,
+    HopKey,
+    LocalTransport,
+    ReplayGuard,
+    SignedManifest,
+    install_chain,
+    peek_metadata,
+    sign_manifest,
+)
 from tee import hop_secret_name
 from tests.faas.chain_functions import CALLS, refund, tampered_price
 from tests.faas.conftest import Chain, build_chain
@@ -72,6 +83,9 @@ def test_controller_sees_metadata_only(chain: Chain) -> None:
         assert (meta.step, meta.chain_id) == (step, "shop")
         for secret in (b"4111-1111", b"traceparent", b"tenant", b"acme", b"\x00" * 64):
             assert secret not in data
+        # The manifest was deployed to the hosts; hops name it by hash only.
+        assert meta.manifest_hash == chain.signed.digest
+        assert chain.signed.signature not in data and chain.signed.manifest not in data
 
 
 def test_each_function_gets_only_its_own_hop_keys(chain: Chain) -> None:
@@ -154,49 +168,100 @@ def test_previous_tag_is_authenticated(chain: Chain) -> None:
         chain.hosts["price"].handle(dataclasses.replace(message, previous_tag=bytes(16)).to_bytes())
 
 
+def deploy_other_chain(chain: Chain) -> SignedManifest:
+    """Chain "other", with the same functions in the same order, deployed to every host."""
+    other = dataclasses.replace(chain.manifest, chain_id="other")
+    install_chain(
+        chain.client,
+        other,
+        chain.owner,
+        trusted_platform_keys=[chain.platform.attestation_public_key],
+    )
+    signed = chain.sign(other)
+    for host in chain.hosts.values():
+        host.register(signed)
+    return signed
+
+
 def test_manifest_swap_is_refused(chain: Chain) -> None:
     to_price = hops(chain, 1)[1]
-    other = chain.sign(
+    price = chain.hosts["price"]
+    # Another signed version of the chain, never deployed to the host.
+    undeployed = chain.sign(
         dataclasses.replace(chain.manifest, not_after_ms=chain.manifest.not_after_ms + 1)
     )
-    with refused("manifest swap: the message carries manifest"):
-        chain.hosts["price"].handle(edit(to_price, manifest=other.to_bytes()))
-    # Swapped consistently in the metadata too: the metadata is associated data.
-    both = edit(to_price, manifest=other.to_bytes(), manifest_hash=other.digest)
-    with refused("tampered: hop 1"):
-        chain.hosts["price"].handle(both)
-    # A manifest the owner never signed.
-    stranger = Ed25519PrivateKey.generate()
-    forged = sign_manifest(dataclasses.replace(chain.manifest, request_ttl_ms=1), stranger)
-    with refused("not signed by a pinned chain owner"):
-        chain.hosts["price"].handle(
-            edit(to_price, manifest=forged.to_bytes(), manifest_hash=forged.digest)
-        )
+    with refused("unknown manifest: hop 1 of request .* not deployed to this host"):
+        price.handle(edit(to_price, manifest_hash=undeployed.digest))
+    # A manifest the host does hold, of another chain.
+    other = deploy_other_chain(chain)
+    with refused("manifest swap: metadata names chain 'shop' but manifest .* 'other'"):
+        price.handle(edit(to_price, manifest_hash=other.digest))
+    # Relabelled consistently (chain id too): the hop key was derived for chain "shop".
+    with refused("splice: hop 1 of request"):
+        price.handle(edit(to_price, manifest_hash=other.digest, chain_id="other"))
+    # A manifest the owner never signed cannot be deployed, so its hash stays unknown.
+    forged = sign_manifest(
+        dataclasses.replace(chain.manifest, request_ttl_ms=1), Ed25519PrivateKey.generate()
+    )
+    with pytest.raises(ChainViolation, match="not signed by a pinned chain owner"):
+        price.register(forged)
+    with refused("unknown manifest"):
+        price.handle(edit(to_price, manifest_hash=forged.digest))
+    price.handle(to_price)  # the genuine message still runs
 
 
-def test_manifest_cache_cannot_be_abused(chain: Chain) -> None:
-    """Once a host has verified and cached the manifest, nothing but those exact bytes hits it."""
-    first, second = hops(chain, 1)[1], hops(chain, 1)[1]
+def test_forged_registration_is_refused(chain: Chain) -> None:
     price = chain.hosts["price"]
-    price.handle(first)  # verifies the owner signature once and caches the manifest
-    signed = chain.signed
-    # The same manifest bytes under a corrupted signature: other signed bytes, checked afresh.
-    bad_signature = dataclasses.replace(signed, signature=bytes(64))
-    with refused("signature does not verify"):
-        price.handle(edit(second, manifest=bad_signature.to_bytes()))
-    # Another manifest with the same chain id, named consistently in the metadata.
-    other = chain.sign(dataclasses.replace(chain.manifest, request_ttl_ms=30_000))
-    assert other.digest != signed.digest
-    with refused("tampered: hop 1"):
-        price.handle(edit(second, manifest=other.to_bytes(), manifest_hash=other.digest))
-    # The same chain id signed by a key the host does not pin.
-    stranger = sign_manifest(chain.manifest, Ed25519PrivateKey.generate())
-    with refused("not signed by a pinned chain owner"):
-        price.handle(edit(second, manifest=stranger.to_bytes(), manifest_hash=stranger.digest))
-    # The cached manifest under metadata naming another one.
-    with refused("manifest swap"):
-        price.handle(edit(second, manifest_hash=other.digest))
-    price.handle(second)  # the genuine message still runs
+    assert price.register(chain.signed) == chain.manifest  # deploying again is a no-op
+    with pytest.raises(ChainViolation, match="signature does not verify"):
+        price.register(dataclasses.replace(chain.signed, signature=bytes(64)))
+    # Valid bytes of another manifest under the deployed manifest's signature.
+    other = chain.sign(dataclasses.replace(chain.manifest, chain_id="other"))
+    with pytest.raises(ChainViolation, match="signature does not verify"):
+        price.register(dataclasses.replace(chain.signed, manifest=other.manifest))
+    with pytest.raises(ChainViolation, match="not signed by a pinned chain owner"):
+        price.register(sign_manifest(chain.manifest, Ed25519PrivateKey.generate()))
+    now_ms = int(chain.clock() * 1000)
+    expired = chain.sign(
+        dataclasses.replace(chain.manifest, chain_id="old", not_after_ms=now_ms - 1)
+    )
+    with pytest.raises(ChainViolation, match="manifest of chain 'old' has expired"):
+        price.register(expired)
+    assert len(price.manifests) == 1
+
+
+def test_another_manifest_under_a_deployed_chain_id_is_refused(chain: Chain) -> None:
+    """A second manifest for "shop" cannot replace the first under a request in flight."""
+    to_price = hops(chain, 1)[1]
+    price = chain.hosts["price"]
+    # The same chain id, price moved to step 0: step 1 would then be another function's.
+    moved = chain.manifest.functions
+    newer = chain.sign(
+        dataclasses.replace(chain.manifest, functions=(moved[1], moved[0], moved[2]))
+    )
+    with pytest.raises(ChainViolation, match="'shop' is already deployed here with manifest"):
+        price.register(newer)
+    with refused("unknown manifest"):
+        price.handle(edit(to_price, manifest_hash=newer.digest))
+    assert price.manifests.named_by(peek_metadata(to_price)) == chain.manifest
+    price.handle(to_price)  # checked against the manifest it was issued under
+    assert CALLS["price"] == 1
+
+
+def test_a_gateway_with_an_undeployed_manifest_runs_nothing(chain: Chain) -> None:
+    undeployed = chain.sign(dataclasses.replace(chain.manifest, request_ttl_ms=30_000))
+    gateway = Gateway(
+        undeployed,
+        chain.platform,
+        chain.client,
+        LocalTransport(
+            Controller({n: LocalTransport(h.handle) for n, h in chain.hosts.items()}).route
+        ),
+        owners=chain.owners,
+        clock=chain.clock,
+    )
+    with refused("unknown manifest: hop 0"):
+        gateway.invoke(ORDER)
 
 
 def test_signed_manifest_digest_follows_its_bytes(chain: Chain) -> None:
@@ -283,8 +348,6 @@ def test_unprotected_mode_runs_the_same_chain(tmp_path: Path) -> None:
     hosts = {
         name: chain.make_host(host.function, protect=False) for name, host in chain.hosts.items()
     }
-    from otrace.faas import Controller, Gateway, LocalTransport
-
     controller = Controller({n: LocalTransport(h.handle) for n, h in hosts.items()})
     gateway = Gateway(
         chain.signed,

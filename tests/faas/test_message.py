@@ -1,13 +1,19 @@
-"""The hop associated data: the fast encoding must be byte-for-byte canonical CBOR."""
+"""The hop message: its associated data (byte-for-byte canonical CBOR) and its key derivation."""
 
 from __future__ import annotations
 
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from hypothesis import given
 from hypothesis import strategies as st
 
-from otrace.faas import HopMetadata
+from otrace.errors import ChainViolation
+from otrace.faas import HopKey, HopMetadata
 from otrace.faas._message import associated_data
 from tee._encoding import encode_canonical
+from tee._kms import derive_hop_secret
 
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,62}", fullmatch=True)
 # Up to and past 2**64, where CBOR switches to a bignum tag.
@@ -40,3 +46,39 @@ def test_associated_data_is_the_canonical_encoding(
 def test_metadata_map_lists_keys_in_canonical_order() -> None:
     keys = list(HopMetadata(bytes(16), "c", 0, "f", bytes(32), 1).to_map())
     assert keys == sorted(keys, key=lambda key: (len(key.encode()), key.encode()))
+
+
+def test_hop_key_is_hkdf_of_chain_secret_request_step_and_function() -> None:
+    """The spec's HKDF(K_chain, request_id, step, H(function)), spelled out with the library."""
+    chain_secret, measurement, request_id = b"c" * 32, b"m" * 32, b"r" * 16
+    prk = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"otrace/tee/v1/chain-hop/" + (2).to_bytes(4, "big") + measurement,
+    ).derive(chain_secret)
+    okm = HKDFExpand(
+        algorithm=hashes.SHA256(), length=48, info=b"otrace/faas/v1/hop-key" + request_id
+    ).derive(prk)
+    meta = HopMetadata(request_id, "c", 2, "f", bytes(32), 1)
+    hop_secret = derive_hop_secret(chain_secret, 2, measurement)
+    assert hop_secret == prk
+    key = HopKey(hop_secret, request_id)
+    sealed = key.seal(meta, b"", {"args": 1}, bytes(12))
+    assert key.key_id == okm[32:]
+    assert sealed.ciphertext == AESGCM(okm[:32]).encrypt(
+        bytes(12), encode_canonical({"args": 1}), associated_data(meta, b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("secret", "request_id"),
+    [(b"s" * 32, b"R" * 16), (b"S" * 32, b"r" * 16), (b"s" * 32, b"r" * 15)],
+    ids=["other request", "other hop secret", "request id cut short"],
+)
+def test_a_hop_key_opens_only_its_own_request_and_hop(secret: bytes, request_id: bytes) -> None:
+    meta = HopMetadata(b"r" * 16, "c", 0, "f", bytes(32), 1)
+    sealed = HopKey(b"s" * 32, b"r" * 16).seal(meta, b"", {"args": 1}, bytes(12))
+    other = HopKey(secret, request_id)
+    with pytest.raises(ChainViolation, match="splice"):
+        other.open(sealed)

@@ -102,7 +102,12 @@ def test_chain_runs_across_processes(tmp_path: Path, roles: Roles) -> None:
         ]
         routes = [
             f"--route={f.name}="
-            + roles.start("worker", f"--function=tests.faas.chain_functions:{f.name}", *enclave)
+            + roles.start(
+                "worker",
+                f"--function=tests.faas.chain_functions:{f.name}",
+                f"--manifest={manifest_file}",
+                *enclave,
+            )
             for f in CHAIN
         ]
         controller = roles.start("controller", *routes)
