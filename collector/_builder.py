@@ -22,9 +22,11 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -79,8 +81,7 @@ def build_epoch(
     operations = frozenset(r.operation for r in records)
     epoch = EpochSpans(
         blocks=[
-            (base + i, set().union(*(r.keywords for r in b.records)))
-            for i, b in enumerate(packed)
+            (base + i, set().union(*(r.keywords for r in b.records))) for i, b in enumerate(packed)
         ],
         t_min=min(r.start_ns for r in records),
         t_max=max(r.start_ns for r in records),
@@ -153,20 +154,35 @@ class ProcessBuilder(EpochBuilder):
         # children to daemons because they could be orphaned. The builder exits by itself
         # once orphaned (`_exit_with`), so this process lifts the flag for itself.
         multiprocessing.current_process().daemon = False
-        self._pool = ProcessPoolExecutor(
+        self._initargs = (index_key, edb_key, block_size, unindexed, os.getpid())
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child,
-            initargs=(index_key, edb_key, block_size, unindexed, os.getpid()),
+            initargs=self._initargs,
         )
 
+    def _submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        """A builder killed from outside (the OOM killer, say) fails the work it had;
+        the next piece of work starts a new one, and the epoch is retried from the
+        journal."""
+        try:
+            return self._pool.submit(work, *args)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            return self._pool.submit(work, *args)
+
     def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
-        return self._pool.submit(_child_epoch, list(entries), base, seg_id)
+        return self._submit(_child_epoch, list(entries), base, seg_id)
 
     def merge(
         self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
     ) -> Future[tuple[Segment, list[EdbRow]]]:
-        return self._pool.submit(_child_merge, seg_id, list(group), list(rows))
+        return self._submit(_child_merge, seg_id, list(group), list(rows))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,26 @@ def test_process_builder_packs_the_same_blocks_and_postings_as_inline() -> None:
     assert [r.value for r in there.rows] != [r.value for r in here.rows]
 
 
+def test_a_killed_builder_fails_its_work_and_the_next_starts_a_new_one() -> None:
+    entries = [(1, request(5).SerializeToString())]
+    builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
+    try:
+        assert builder.epoch(entries, 0, 1).result(timeout=60).spans == 5
+        (child,) = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join(timeout=10)
+        # Work handed over before the pool saw the death fails; the next starts anew.
+        try:
+            built = builder.epoch(entries, 0, 2).result(timeout=60)
+        except BrokenProcessPool:
+            built = builder.epoch(entries, 0, 3).result(timeout=60)
+        assert built.spans == 5
+        (again,) = multiprocessing.active_children()
+        assert again.pid != child.pid
+    finally:
+        builder.close()
+
+
 def _builder_then_wait(ready: Any) -> None:
     builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
     builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
@@ -179,7 +200,7 @@ def test_a_failed_commit_drops_the_epoch_built_ahead_and_loses_nothing(
     tmp_path: Path, fail_at: int
 ) -> None:
     engine = _engine(tmp_path, max_epoch_entries=2)
-    engine.device = FailingDevice(engine.device, fail_at)  # type: ignore[assignment]
+    engine.device = FailingDevice(engine.device, fail_at)
     _ingest(engine, 7)
     with pytest.raises(StorageError, match="injected"):
         engine.drain_all()
