@@ -19,6 +19,7 @@ journal reads, ORAM batches, commits.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 import threading
 import time
@@ -156,6 +157,11 @@ class ProcessBuilder(EpochBuilder):
         multiprocessing.current_process().daemon = False
         self._initargs = (index_key, edb_key, block_size, unindexed, os.getpid())
         self._pool = self._start()
+        # The enclave process is itself a multiprocessing child, which joins its children
+        # as it exits and would wait forever for a worker that waits for work; finalizers
+        # of priority >= 0 run before that join, higher first. Above the pool's own queue
+        # (priority 10), which must still be open to carry the worker its stop signal.
+        multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -185,7 +191,7 @@ class ProcessBuilder(EpochBuilder):
         return self._submit(_child_merge, seg_id, list(group), list(rows))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------ in the child

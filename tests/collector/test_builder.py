@@ -137,6 +137,21 @@ def test_a_killed_builder_fails_its_work_and_the_next_starts_a_new_one() -> None
         builder.close()
 
 
+def _builder_then_return() -> None:
+    builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
+    builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
+
+
+def test_an_enclave_process_with_a_builder_exits_when_its_work_is_done() -> None:
+    # The enclave is a multiprocessing child: as it exits it joins its children, and
+    # a builder waiting for work would hold it forever (the host then kills it after
+    # its own timeout, on every stop).
+    enclave = multiprocessing.get_context("spawn").Process(target=_builder_then_return)
+    enclave.start()
+    enclave.join(timeout=30)
+    assert enclave.exitcode == 0
+
+
 def _builder_then_wait(ready: Any) -> None:
     builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
     builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
