@@ -18,6 +18,7 @@ journal reads, ORAM batches, commits.
 
 from __future__ import annotations
 
+import abc
 import multiprocessing
 import multiprocessing.util
 import os
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -44,6 +45,7 @@ from query import (
 __all__ = ["BuiltEpoch", "EpochBuilder", "InlineBuilder", "ProcessBuilder", "build_epoch"]
 
 Entries = Sequence[tuple[int, bytes]]  # (journal seq, Export request body)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +96,19 @@ def build_epoch(
     return BuiltEpoch(first, last, base, blocks, len(records), segment, rows, operations)
 
 
-class EpochBuilder:
+class EpochBuilder(abc.ABC):
     """Where epochs are built and segments merged; results come back as futures."""
 
-    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]: ...
 
+    @abc.abstractmethod
     def merge(
         self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
-    ) -> Future[tuple[Segment, list[EdbRow]]]:
-        raise NotImplementedError
+    ) -> Future[tuple[Segment, list[EdbRow]]]: ...
 
-    def close(self) -> None:
-        """Stops the builder; pending work is abandoned."""
+    def close(self) -> None:  # noqa: B027 (optional: an inline builder holds nothing)
+        """Stops the builder: queued work is cancelled, work in progress finishes."""
 
 
 class InlineBuilder(EpochBuilder):
@@ -132,11 +134,11 @@ class InlineBuilder(EpochBuilder):
         return _done(lambda: self._indexer.merged_segment(seg_id, group, rows))
 
 
-def _done(work: object) -> Future:  # type: ignore[type-arg]
-    future: Future = Future()  # type: ignore[type-arg]
+def _done(work: Callable[[], T]) -> Future[T]:
+    future: Future[T] = Future()
     try:
-        future.set_result(work())  # type: ignore[operator]
-    except BaseException as exc:  # handed to whoever asks for the result, as a pool would
+        future.set_result(work())
+    except Exception as exc:  # handed to whoever asks for the result, as a pool would
         future.set_exception(exc)
     return future
 
