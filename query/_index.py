@@ -174,15 +174,10 @@ class Indexer:
     def _rows(self, seg_id: int, entries: Sequence[RawEntry]) -> list[EdbRow]:
         """A segment's buckets from (trapdoor, encoded postings), one per keyword."""
         count = bucket_count(len(entries))
-        buckets: dict[int, list[RawEntry]] = {}
+        buckets: defaultdict[int, list[RawEntry]] = defaultdict(list)
         locate = Locator(seg_id, count)
         for entry in entries:
-            bucket = locate(entry[0])
-            found = buckets.get(bucket)
-            if found is None:
-                buckets[bucket] = [entry]
-            else:
-                found.append(entry)
+            buckets[locate(entry[0])].append(entry)
         return self.codec.segment_rows(seg_id, buckets, count)
 
     # ------------------------------------------------------------- maintenance

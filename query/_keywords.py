@@ -105,27 +105,15 @@ def render_value(value: AnyValue) -> str | None:
 
 
 def _attribute_keywords(attributes: Iterable[KeyValue], skip: frozenset[str]) -> list[str]:
-    """`attr_keyword(key, render_value(value))` for each indexed attribute, written out
-    inline: this runs for every attribute of every span at ingest (13 against 21 us a
-    span of 8 attributes)."""
+    """`attr_keyword(key, render_value(value))` for each indexed attribute (the f-string
+    inline: this runs for every attribute of every span at ingest)."""
     out = []
     for kv in attributes:
         key = kv.key
         if key in skip:
             continue
-        value = kv.value
-        which = value.WhichOneof("value")
-        if which == "string_value":
-            rendered = value.string_value
-        elif which == "int_value":
-            rendered = str(value.int_value)
-        elif which == "bool_value":
-            rendered = "true" if value.bool_value else "false"
-        elif which == "double_value":
-            rendered = repr(value.double_value)
-        else:
-            continue
-        if len(rendered) <= MAX_INDEXED_VALUE:
+        rendered = render_value(kv.value)
+        if rendered is not None and len(rendered) <= MAX_INDEXED_VALUE:
             out.append(f"attr:{key}={rendered}")
     return out
 
