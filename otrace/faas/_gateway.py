@@ -152,10 +152,11 @@ class Gateway:
             if not self._protect:
                 return decode_plain(message.ciphertext)["args"]
             self._check_final(pending, message.metadata)
-            key = pending.final_key
-            if key is None:
-                key = self.secrets.key(self.manifest, self.manifest.length, pending.request_id)
-            args, _ = open_payload(key, message)
+            if pending.final_key is None:
+                raise ChainViolation(
+                    f"request {pending.request_id.hex()} was not begun by a protected gateway"
+                )
+            args, _ = open_payload(pending.final_key, message)
             return args
         finally:
             pending.span.end()
