@@ -100,11 +100,13 @@ class EnclaveConfig:
         return cls(**cbor2.loads(raw))
 
 
-# The enclave process's thread switch interval (Python's default is 5 ms). Epochs run
-# long Python loops (keywords, index segments); an ingest ecall, which acknowledges
-# Exports, waited up to the interval for the GIL each time it was handed back. At 1 ms
-# `otrace bench ingest --spans 100000` measured Export p99 360 and 360 ms against 530,
-# 578 and 652 ms at the default, with throughput unchanged within run-to-run noise.
+# The enclave process's thread switch interval (Python's default is 5 ms). Epochs ran
+# long Python loops (keywords, index segments) there; an ingest ecall, which
+# acknowledges Exports, waited up to the interval for the GIL each time it was handed
+# back. At 1 ms `otrace bench ingest --spans 100000` measured Export p99 360 and 360 ms
+# against 530, 578 and 652 ms at the default, throughput unchanged within the noise.
+# A node now builds epochs in its builder process (`collector._builder`); the setting
+# still serves replicas, which build inline, and the node's ORAM batches and queries.
 SWITCH_INTERVAL_S = 0.001
 
 
