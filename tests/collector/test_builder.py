@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from collector import Node
 from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder, ProcessBuilder
 from collector._ingest import IngestEngine
 from collector._journal import Journal
@@ -24,7 +25,8 @@ from oram_store import OramParams, PathOram, SqlBucketStore
 from otrace.errors import StorageError
 from query import EdbCodec, EdbRow, Indexer, Segment
 from tee import Sealer
-from tests.collector.otlp_helpers import request
+from tests.collector.conftest import spans_of, stored
+from tests.collector.otlp_helpers import grpc_export, request
 
 INDEX_KEY, EDB_KEY = b"\x05" * 32, b"\x04" * 32
 PROTOBUF = "application/x-protobuf"
@@ -151,6 +153,45 @@ def test_an_enclave_process_with_a_builder_exits_when_its_work_is_done() -> None
     enclave.start()
     enclave.join(timeout=30)
     assert enclave.exitcode == 0
+
+
+def _open_files(pid: int) -> list[str]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.append(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_nodes_builder_holds_no_storage_or_platform_file(node: Node) -> None:
+    # The builder gets two keys and work items, nothing else: not the ORAM, the journal,
+    # the platform's sealing or attestation key files (SECURITY.md).
+    assert node.grpc is not None and node.enclave is not None
+    grpc_export(node.grpc.port, request(20).SerializeToString())
+    assert len(spans_of(stored(node))) == 20  # the builder built that epoch
+    enclave = node.enclave.pid
+    assert enclave is not None
+    (builder,) = _children(enclave)
+    data, platform = str(node.settings.data_dir), str(node.settings.platform_dir)
+    # The enclave itself holds the store open (so the check below can fail) ...
+    assert any(f.startswith(data) for f in _open_files(enclave))
+    # ... its builder holds nothing under either directory.
+    held = _open_files(builder)
+    assert not [f for f in held if f.startswith((data, platform))], held
 
 
 def _builder_then_wait(ready: Any) -> None:
