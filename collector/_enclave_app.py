@@ -22,6 +22,7 @@ KMS already does (SECURITY.md).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,10 @@ def start(init: bytes) -> EcallTable:
     )
     epochs = EpochThread(engine, config.epoch_ms / 1000)
     epochs.start()
+    # As the enclave process exits, epochs stop (the one in progress finishes) before the
+    # builder does (its finalizer has priority 100); an epoch still running would find
+    # the builder gone and log a failure. The host waits 5 s before terminating.
+    multiprocessing.util.Finalize(None, epochs.stop, args=(3.0,), exitpriority=110)
     return {
         **_ecalls(engine, epochs),
         **query_ecalls(sessions, secrets["index_key"], identity.measurement, platform),

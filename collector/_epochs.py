@@ -40,10 +40,12 @@ class EpochThread(threading.Thread):
         self._stopped = threading.Event()
         self._on_fenced = on_fenced
 
-    def stop(self) -> None:
-        """Ends the thread after the epoch in progress (does not wait)."""
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Ends the thread after the epoch in progress, waiting up to `wait_s` for it."""
         self._stopped.set()
         self.wake.set()
+        if wait_s > 0 and self.is_alive() and threading.current_thread() is not self:
+            self.join(wait_s)
 
     def run(self) -> None:
         last_maintenance = time.monotonic()
