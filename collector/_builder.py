@@ -166,12 +166,16 @@ class ProcessBuilder(EpochBuilder):
         multiprocessing.util.Finalize(None, self.close, exitpriority=100)
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child,
             initargs=self._initargs,
         )
+        # A pool starts its worker at the first submit, and a spawned worker first imports
+        # otrace (~1.5 s): started now, the first epoch does not wait for that.
+        pool.submit(_ready)
+        return pool
 
     def _submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
         """A builder killed from outside (the OOM killer, say) fails the work it had;
@@ -207,6 +211,10 @@ def _start_child(
     global _child
     _child = (Indexer(index_key, EdbCodec(edb_key)), block_size, unindexed)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _ready() -> None:
+    """The work that starts a builder (see `ProcessBuilder._start`)."""
 
 
 def _exit_with(parent: int) -> None:

@@ -47,8 +47,11 @@ __all__ = [
 BUCKET_TARGET = 32  # keywords per bucket, on average
 MIN_VALUE = 256
 _NONCE = 12
-_AD = b"otrace/edb/v3\x00"  # v3: posting lists carry their encoding (v2 rows do not open)
-_AD_V2 = b"otrace/edb/v2\x00"  # recognised only to say that a row predates v3
+# v4: buckets located by AES under a segment key (`query._trapdoor`); v3: posting lists
+# carry their encoding. Rows of earlier formats do not open, and are recognised only
+# to say which otrace wrote them.
+_AD = b"otrace/edb/v4\x00"
+_EARLIER = {"v3": b"otrace/edb/v3\x00", "v2": b"otrace/edb/v2\x00"}
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct(f"<{TRAPDOOR_SIZE}sI")  # trapdoor, length of its encoded postings
 RawEntry = tuple[bytes, bytes]  # (trapdoor, encoded posting list): copied as is by merges
@@ -119,11 +122,12 @@ class EdbCodec:
                 row.value[:_NONCE], row.value[_NONCE:], _ad(row.segment, row.bucket)
             )
         except InvalidTag:
-            if self._is_v2(row):
+            earlier = self._earlier_format(row)
+            if earlier is not None:
                 raise IntegrityError(
-                    "this search index was written by an earlier otrace (index format v2) "
-                    "and cannot be read by this one: start with a new data directory and "
-                    "store, or read it with the earlier version"
+                    f"this search index was written by an earlier otrace (index format "
+                    f"{earlier}) and cannot be read by this one: start with a new data "
+                    "directory and store, or read it with the earlier version"
                 ) from None
             raise IntegrityError(
                 "an encrypted index row failed authentication (altered or moved)"
@@ -141,13 +145,15 @@ class EdbCodec:
         except (struct.error, IndexError):
             raise IntegrityError("an encrypted index row has an unknown layout") from None
 
-    def _is_v2(self, row: EdbRow) -> bool:
-        ad = _AD_V2 + row.segment.to_bytes(8, "big") + row.bucket.to_bytes(4, "big")
-        try:
-            self._aead.decrypt(row.value[:_NONCE], row.value[_NONCE:], ad)
-        except InvalidTag:
-            return False
-        return True
+    def _earlier_format(self, row: EdbRow) -> str | None:
+        where = row.segment.to_bytes(8, "big") + row.bucket.to_bytes(4, "big")
+        for version, label in _EARLIER.items():
+            try:
+                self._aead.decrypt(row.value[:_NONCE], row.value[_NONCE:], label + where)
+            except InvalidTag:
+                continue
+            return version
+        return None
 
     def open(self, row: EdbRow) -> list[Postings]:
         """Every entry of a bucket, decoded."""

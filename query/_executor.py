@@ -34,7 +34,7 @@ from query._keywords import (
     trace_keyword,
 )
 from query._postings import EMPTY, BlockSet
-from query._trapdoor import TRAPDOOR_SIZE, locate
+from query._trapdoor import TRAPDOOR_SIZE
 
 __all__ = ["BlockSource", "QueryBudget", "QueryExecutor", "QueryResult", "SearchRequest"]
 
@@ -221,9 +221,9 @@ class QueryExecutor:
         """(segment id, trapdoor) -> its blocks, for every pair the index holds."""
         wanted: dict[int, list[tuple[int, bytes]]] = {}
         for seg in segments:
-            for td in trapdoors:
-                slot = slot_of(seg.id, locate(td, seg.id, seg.rows))
-                wanted.setdefault(slot, []).append((seg.id, td))
+            buckets = self._indexer.locate(seg.id, seg.rows, trapdoors)
+            for td, bucket in zip(trapdoors, buckets, strict=True):
+                wanted.setdefault(slot_of(seg.id, bucket), []).append((seg.id, td))
         out: dict[tuple[int, bytes], BlockSet] = {}
         rows = self._lookup(list(wanted))
         if len(rows) != len(wanted):

@@ -3,7 +3,7 @@ them, retention drops them.
 
 A **segment** is the unit of the EDB: its keywords' postings are packed into a
 power-of-two number of buckets, each keyword in the bucket its locator
-(`locate(trapdoor, segment id, buckets)`) names. Each epoch adds a level-0
+(`Locator` of trapdoor, segment id and bucket count) names. Each epoch adds a level-0
 segment; when `fanout` segments share a level (and together span no more
 than `max_span_ns` of span start times) they are merged into one segment of
 the next level under a fresh id, so old labels die with their rows and the
@@ -95,6 +95,7 @@ class Indexer:
         retention_ns: int = 7 * 86400 * 10**9,
     ) -> None:
         self._trapdoor_for = Trapdoors(index_key)
+        self.locate = Locator(index_key)
         self.codec = codec
         self.fanout = fanout
         self.retention_ns = retention_ns
@@ -175,9 +176,9 @@ class Indexer:
         """A segment's buckets from (trapdoor, encoded postings), one per keyword."""
         count = bucket_count(len(entries))
         buckets: defaultdict[int, list[RawEntry]] = defaultdict(list)
-        locate = Locator(seg_id, count)
-        for entry in entries:
-            buckets[locate(entry[0])].append(entry)
+        located = self.locate(seg_id, count, [door for door, _ in entries])
+        for entry, bucket in zip(entries, located, strict=True):
+            buckets[bucket].append(entry)
         return self.codec.segment_rows(seg_id, buckets, count)
 
     # ------------------------------------------------------------- maintenance

@@ -68,11 +68,13 @@ def test_find_decodes_only_the_asked_trapdoors() -> None:
     assert CODEC.find(row, {b"b" * 32, b"c" * 32}) == {b"b" * 32: BlockSet.of([7])}
 
 
-def test_a_row_of_the_earlier_index_format_says_so() -> None:
-    """v2 rows (before posting lists carried their encoding) are refused by name."""
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_a_row_of_an_earlier_index_format_says_so(version: str) -> None:
+    """v2 rows (before posting lists carried their encoding) and v3 rows (buckets located
+    by keyed BLAKE2b: a v4 lookup would find the wrong bucket) are refused by name."""
     nonce = b"\x05" * 12
     body = bytes(256)
-    ad = b"otrace/edb/v2\x00" + (3).to_bytes(8, "big") + (1).to_bytes(4, "big")
+    ad = f"otrace/edb/{version}\x00".encode() + (3).to_bytes(8, "big") + (1).to_bytes(4, "big")
     value = nonce + AESGCM(b"\x07" * 32).encrypt(nonce, body, ad)
-    with pytest.raises(IntegrityError, match="earlier otrace"):
+    with pytest.raises(IntegrityError, match=f"earlier otrace \\(index format {version}\\)"):
         CODEC.open_raw(EdbRow(3, 1, value))

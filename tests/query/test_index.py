@@ -28,7 +28,7 @@ def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
 
 def _blocks_of(ix: Indexer, rows: list, keyword: str, segment: int) -> tuple[int, ...]:
     door = trapdoor_for(KEY, keyword)
-    (row,) = [r for r in rows if r.bucket == locate(door, segment, len(rows))]
+    (row,) = [r for r in rows if r.bucket == locate(KEY, door, segment, len(rows))]
     return next(e.blocks for e in ix.codec.open(row) if e.trapdoor == door)
 
 
