@@ -7,13 +7,14 @@ an `EpochBuilder` and keeps for itself what touches storage and sealed state:
 journal reads, ORAM batches, commits.
 
 - `InlineBuilder` runs them in the caller's thread (tests, replicas).
-- `ProcessBuilder` runs them in a second process of the enclave (the node's
-  default). The engine then builds epoch N+1 while it writes epoch N, and the
-  enclave process's GIL stays free for the ingest ecalls that acknowledge
-  Exports. The builder is part of the enclave (an SGX enclave would run it on
-  a second thread): it receives the index and EDB value keys from its parent
-  at start, over a pipe between the two enclave processes, and holds no
-  storage handle. It exits when its parent does.
+- `ProcessBuilder` runs them in worker processes of the enclave (the node's
+  default: two). An epoch's blocks and rows do not depend on where it will be
+  written, so the engine builds the next epochs side by side while it writes
+  one, and the enclave process's GIL stays free for the ingest ecalls that
+  acknowledge Exports. The builders are part of the enclave (an SGX enclave
+  would run them on more threads): they receive the index and EDB value keys
+  from their parent at start, over pipes between the enclave processes, and
+  hold no storage handle. They exit when their parent does.
 """
 
 from __future__ import annotations
@@ -45,16 +46,21 @@ from query import (
 __all__ = ["BuiltEpoch", "EpochBuilder", "InlineBuilder", "ProcessBuilder", "build_epoch"]
 
 Entries = Sequence[tuple[int, bytes]]  # (journal seq, Export request body)
+# How much lower than the enclave process the builders run. Two builders at the enclave's
+# priority took the cores from the ingest ecalls: `otrace bench ingest --spans 200000`
+# measured Export p99 469 ms (ORAM 9,986 spans/s); at niceness 5, 241 ms (10,882); at
+# 10, 186 ms (11,820); at 19, 263 and 253 ms (10,457, 10,987): no better than 10.
+NICENESS = 10
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class BuiltEpoch:
-    """Journal entries `first..last` as blocks for positions `base..`, and their segment."""
+    """Journal entries `first..last` as blocks, and their segment (its blocks numbered
+    from 0: the engine moves it to where it writes them)."""
 
     first: int
     last: int
-    base: int
     blocks: list[bytes]
     spans: int
     segment: Segment | None  # None when the entries held no spans
@@ -67,11 +73,11 @@ def build_epoch(
     block_size: int,
     unindexed: frozenset[str],
     entries: Entries,
-    base: int,
     seg_id: int,
 ) -> BuiltEpoch:
     """Deterministic in its blocks for the same entries, which makes resuming a
-    half-written epoch safe (only the rows' nonces differ)."""
+    half-written epoch safe (only the rows' nonces differ). Independent of where the
+    blocks will be written, so several epochs are built side by side."""
     records = [
         rec
         for _, body in entries
@@ -80,11 +86,11 @@ def build_epoch(
     packed = pack_blocks(records, block_size)
     first, last = entries[0][0], entries[-1][0]
     if not packed:
-        return BuiltEpoch(first, last, base, [], 0, None, [], frozenset())
+        return BuiltEpoch(first, last, [], 0, None, [], frozenset())
     operations = frozenset(r.operation for r in records)
     epoch = EpochSpans(
         blocks=[
-            (base + i, set().union(*(r.keywords for r in b.records))) for i, b in enumerate(packed)
+            (i, set().union(*(r.keywords for r in b.records))) for i, b in enumerate(packed)
         ],
         t_min=min(r.start_ns for r in records),
         t_max=max(r.start_ns for r in records),
@@ -93,14 +99,16 @@ def build_epoch(
     )
     segment, rows = indexer.epoch_segment(seg_id, epoch)
     blocks = [b.data for b in packed]
-    return BuiltEpoch(first, last, base, blocks, len(records), segment, rows, operations)
+    return BuiltEpoch(first, last, blocks, len(records), segment, rows, operations)
 
 
 class EpochBuilder(abc.ABC):
     """Where epochs are built and segments merged; results come back as futures."""
 
+    parallel = 1  # epochs worth building at once
+
     @abc.abstractmethod
-    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]: ...
+    def epoch(self, entries: Entries, seg_id: int) -> Future[BuiltEpoch]: ...
 
     @abc.abstractmethod
     def merge(
@@ -121,11 +129,9 @@ class InlineBuilder(EpochBuilder):
         self._block_size = block_size
         self._unindexed = unindexed
 
-    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
+    def epoch(self, entries: Entries, seg_id: int) -> Future[BuiltEpoch]:
         return _done(
-            lambda: build_epoch(
-                self._indexer, self._block_size, self._unindexed, entries, base, seg_id
-            )
+            lambda: build_epoch(self._indexer, self._block_size, self._unindexed, entries, seg_id)
         )
 
     def merge(
@@ -144,7 +150,8 @@ def _done(work: Callable[[], T]) -> Future[T]:
 
 
 class ProcessBuilder(EpochBuilder):
-    """Builds in one child process of the enclave, started with the keys it needs."""
+    """Builds in `workers` child processes of the enclave, started with the keys they
+    need; as many epochs are built side by side (and merges beside them)."""
 
     def __init__(
         self,
@@ -152,7 +159,10 @@ class ProcessBuilder(EpochBuilder):
         edb_key: bytes,
         block_size: int,
         unindexed: frozenset[str] = frozenset(),
+        *,
+        workers: int = 1,
     ) -> None:
+        self.parallel = workers
         # The enclave process is a daemon of the host's, and multiprocessing refuses
         # children to daemons because they could be orphaned. The builder exits by itself
         # once orphaned (`_exit_with`), so this process lifts the flag for itself.
@@ -167,14 +177,15 @@ class ProcessBuilder(EpochBuilder):
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            max_workers=1,
+            max_workers=self.parallel,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_child,
             initargs=self._initargs,
         )
-        # A pool starts its worker at the first submit, and a spawned worker first imports
-        # otrace (~1.5 s): started now, the first epoch does not wait for that.
-        pool.submit(_ready)
+        # A pool starts a worker when work finds none idle, and a spawned worker first
+        # imports otrace (~1.5 s): started now, the first epochs do not wait for that.
+        for _ in range(self.parallel):
+            pool.submit(_ready)
         return pool
 
     def _submit(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -188,8 +199,8 @@ class ProcessBuilder(EpochBuilder):
             self._pool = self._start()
             return self._pool.submit(work, *args)
 
-    def epoch(self, entries: Entries, base: int, seg_id: int) -> Future[BuiltEpoch]:
-        return self._submit(_child_epoch, list(entries), base, seg_id)
+    def epoch(self, entries: Entries, seg_id: int) -> Future[BuiltEpoch]:
+        return self._submit(_child_epoch, list(entries), seg_id)
 
     def merge(
         self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
@@ -211,6 +222,9 @@ def _start_child(
     global _child
     _child = (Indexer(index_key, EdbCodec(edb_key)), block_size, unindexed)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    # Builders run ahead of the writer; the enclave's own thread acknowledges Exports
+    # and writes the ORAM, so it gets a core first (see NICENESS).
+    os.nice(NICENESS)
 
 
 def _ready() -> None:
@@ -224,10 +238,10 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _child_epoch(entries: Entries, base: int, seg_id: int) -> BuiltEpoch:
+def _child_epoch(entries: Entries, seg_id: int) -> BuiltEpoch:
     assert _child is not None
     indexer, block_size, unindexed = _child
-    return build_epoch(indexer, block_size, unindexed, entries, base, seg_id)
+    return build_epoch(indexer, block_size, unindexed, entries, seg_id)
 
 
 def _child_merge(

@@ -110,6 +110,10 @@ class EnclaveConfig:
 # still serves replicas, which build inline, and the node's ORAM batches and queries.
 SWITCH_INTERVAL_S = 0.001
 
+# Builder processes: epochs (and merges) built side by side. Their blocks and rows do not
+# depend on where they are written, so the next two epochs are built while one is written.
+BUILD_WORKERS = 2
+
 
 def prioritise_ecalls() -> None:
     """Called first by every enclave entry point of the collector (see SWITCH_INTERVAL_S)."""
@@ -138,7 +142,11 @@ def start(init: bytes) -> EcallTable:
     indexer = make_indexer(config, secrets)
     unindexed = frozenset(config.unindexed)
     builder = ProcessBuilder(
-        secrets["index_key"], edb_value_key(secrets), device.params.block_size, unindexed
+        secrets["index_key"],
+        edb_value_key(secrets),
+        device.params.block_size,
+        unindexed,
+        workers=BUILD_WORKERS,
     )
     engine = IngestEngine(
         device, journal, sealer, indexer=indexer, unindexed=unindexed, builder=builder

@@ -26,6 +26,7 @@ import secrets
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -148,9 +149,10 @@ class IngestEngine:
         # Runs first in every device commit (a replica's term check); None on a single node.
         self._fence = fence
         # Builds epochs and merges (`collector._builder`); one is built ahead while the
-        # previous one is written: (the journal entry it follows, its base, its future).
+        # previous one is written, or several side by side on a builder with more workers:
+        # (the journal entry each follows, its last entry, its future), in journal order.
         self._builder = builder or InlineBuilder(indexer, device.params.block_size, unindexed)
-        self._ahead: tuple[int, int, Future[BuiltEpoch]] | None = None
+        self._ahead: deque[tuple[int, int, Future[BuiltEpoch]]] = deque()
         self._next_segment = 0
         self._merging: tuple[MaintenancePlan, Future[tuple[Segment, list[EdbRow]]]] | None = None
         # `lock` guards the device and the index for one batch (reentrant: the query
@@ -175,7 +177,8 @@ class IngestEngine:
 
     def close(self) -> None:
         """Stops the epoch builder (the engine's storage belongs to its caller)."""
-        self._ahead = self._merging = None
+        self._ahead.clear()
+        self._merging = None
         self._builder.close()
 
     def journal_depth(self) -> int:
@@ -216,19 +219,19 @@ class IngestEngine:
                     f"ingest journal entries {first}..{last} of a half-written epoch are "
                     "missing from storage"
                 )
-            built = self._builder.epoch(entries, base, self._reserve_segment()).result()
+            built = self._builder.epoch(entries, self._reserve_segment()).result()
         else:
-            done = 0
+            done, base = 0, st.next_block
             ahead = self._claim_ahead(st)
             if ahead is None:
                 entries = self._entries_after(st.watermark)
                 if not entries:
                     return None
-                ahead = self._builder.epoch(entries, st.next_block, self._reserve_segment())
+                ahead = self._builder.epoch(entries, self._reserve_segment())
             built = ahead.result()
-        # The next epoch is built while this one is written.
-        self._build_ahead(built)
-        self._write_epoch(built, done)
+        # The next epochs are built while this one is written.
+        self._build_ahead(built.last)
+        self._write_epoch(built, done, base)
         self.journal.truncate(built.last)
         elapsed = time.perf_counter() - started
         return EpochReport(built.last - built.first + 1, built.spans, len(built.blocks), elapsed)
@@ -243,21 +246,26 @@ class IngestEngine:
         self._next_segment = seg_id + 1
         return seg_id
 
-    def _build_ahead(self, built: BuiltEpoch) -> None:
-        entries = self._entries_after(built.last)
-        if entries:
-            base = built.base + len(built.blocks)
-            future = self._builder.epoch(entries, base, self._reserve_segment())
-            self._ahead = (built.last, base, future)
+    def _build_ahead(self, after: int) -> None:
+        """Keeps as many epochs building after journal entry `after` (the one being
+        written) as the builder runs side by side. An epoch's blocks and rows do not
+        depend on where it will be written, only on its entries."""
+        tail = self._ahead[-1][1] if self._ahead else after
+        while len(self._ahead) < self._builder.parallel:
+            entries = self._entries_after(tail)
+            if not entries:
+                return
+            future = self._builder.epoch(entries, self._reserve_segment())
+            self._ahead.append((tail, entries[-1][0], future))
+            tail = entries[-1][0]
 
     def _claim_ahead(self, st: IngestState) -> Future[BuiltEpoch] | None:
-        """The epoch built ahead, if it starts where the committed state ends (an epoch
-        that failed to commit leaves a stale one, dropped here)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return None
-        after, base, future = ahead
-        return future if (after, base) == (st.watermark, st.next_block) else None
+        """The next epoch built ahead, if it starts where the committed state ends (an
+        epoch that failed to commit leaves stale ones, dropped here)."""
+        if self._ahead and self._ahead[0][0] == st.watermark:
+            return self._ahead.popleft()[2]
+        self._ahead.clear()
+        return None
 
     def drain_all(self) -> int:
         """Drains until the journal is empty; returns the number of epochs run."""
@@ -266,9 +274,10 @@ class IngestEngine:
             epochs += 1
         return epochs
 
-    def _write_epoch(self, built: BuiltEpoch, done: int) -> None:
+    def _write_epoch(self, built: BuiltEpoch, done: int, base: int) -> None:
+        """Writes the epoch's blocks from number `base` on (its first `done` are written)."""
         p = self.device.params
-        blocks, base = built.blocks, built.base
+        blocks = built.blocks
         while True:
             chunk = blocks[done : done + p.batch_size]
             ops: list[Read | Write] = [
@@ -288,16 +297,16 @@ class IngestEngine:
                     spans=st.spans + built.spans,
                     pending=None,
                 )
-                work = self._index_epoch(built)
+                work = self._index_epoch(built, base)
             # An epoch of empty requests still commits its watermark: a padding read.
             self._access(ops or [self._padding_read()], new, work)
             if new.pending is None:
                 return
 
-    def _index_epoch(self, built: BuiltEpoch) -> IndexWork | None:
-        segment = built.segment
-        if segment is None:
+    def _index_epoch(self, built: BuiltEpoch, base: int) -> IndexWork | None:
+        if built.segment is None:
             return None
+        segment = built.segment.moved(base)  # built with its blocks counted from 0
 
         def write(conn: Any) -> IndexState:
             self.edb.insert(conn, built.rows)

@@ -5,7 +5,8 @@ each one row `edb_<tree>(slot, segment, value)` with `slot = segment * 2^32 +
 bucket` (segment and bucket are in clear; every bucket exists, full or not).
 `value` = `nonce | AES-GCM(plaintext)` with associated data `segment | bucket`;
 the plaintext is `count u32`, then per keyword `trapdoor (32) | length u32 |
-posting list (length bytes; `query._postings`: varints or a bitmap)`, zero-padded
+posting list (length bytes; `query._postings`: varints or a bitmap, of block
+numbers counted from the segment's first block)`, zero-padded
 to a power of two of at least `MIN_VALUE` bytes. The storage learns B (K within
 a factor of two) and each bucket's size class; a lookup touches one bucket,
 shared with ~31 other keywords.
@@ -47,11 +48,15 @@ __all__ = [
 BUCKET_TARGET = 32  # keywords per bucket, on average
 MIN_VALUE = 256
 _NONCE = 12
-# v4: buckets located by AES under a segment key (`query._trapdoor`); v3: posting lists
-# carry their encoding. Rows of earlier formats do not open, and are recognised only
-# to say which otrace wrote them.
-_AD = b"otrace/edb/v4\x00"
-_EARLIER = {"v3": b"otrace/edb/v3\x00", "v2": b"otrace/edb/v2\x00"}
+# v5: postings count from the segment's first block; v4: buckets located by AES under a
+# segment key (`query._trapdoor`); v3: posting lists carry their encoding. Rows of
+# earlier formats do not open, and are recognised only to say which otrace wrote them.
+_AD = b"otrace/edb/v5\x00"
+_EARLIER = {
+    "v4": b"otrace/edb/v4\x00",
+    "v3": b"otrace/edb/v3\x00",
+    "v2": b"otrace/edb/v2\x00",
+}
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct(f"<{TRAPDOOR_SIZE}sI")  # trapdoor, length of its encoded postings
 RawEntry = tuple[bytes, bytes]  # (trapdoor, encoded posting list): copied as is by merges

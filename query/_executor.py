@@ -220,6 +220,7 @@ class QueryExecutor:
     ) -> dict[tuple[int, bytes], BlockSet]:
         """(segment id, trapdoor) -> its blocks, for every pair the index holds."""
         wanted: dict[int, list[tuple[int, bytes]]] = {}
+        first = {seg.id: seg.first_block for seg in segments}
         for seg in segments:
             buckets = self._indexer.locate(seg.id, seg.rows, trapdoors)
             for td, bucket in zip(trapdoors, buckets, strict=True):
@@ -237,8 +238,8 @@ class QueryExecutor:
             asked = wanted.get(row.slot, [])
             entries = self._indexer.codec.find(row, {td for _, td in asked})
             for seg_id, td in asked:
-                if td in entries:
-                    out[(seg_id, td)] = entries[td]
+                if td in entries:  # postings count from the segment's first block
+                    out[(seg_id, td)] = entries[td].shifted(first[seg_id])
         return out
 
     def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> BlockSet:

@@ -9,7 +9,8 @@ than `max_span_ns` of span start times) they are merged into one segment of
 the next level under a fresh id, so old labels die with their rows and the
 number of segments a query visits stays logarithmic. Segments whose spans are
 all older than the retention, or whose blocks the ring has overwritten, are
-dropped.
+dropped. Postings count blocks from their segment's first block (EDB v5), so
+an epoch's rows are built before the epoch's place in the ring is known.
 
 `IndexState` (segment directory, next segment id, the service/operation
 catalogue) is sealed in storage beside the ingest state, which binds it by
@@ -54,6 +55,13 @@ class Segment:
 
     def within(self, start_ns: int, end_ns: int) -> bool:
         return start_ns <= self.t_min and self.t_max <= end_ns
+
+    def moved(self, offset: int) -> Segment:
+        """This segment with its blocks `offset` further on (its rows are unchanged:
+        postings count from the first block)."""
+        return replace(
+            self, first_block=self.first_block + offset, last_block=self.last_block + offset
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +137,15 @@ class Indexer:
 
     def epoch_segment(self, seg_id: int, epoch: EpochSpans) -> tuple[Segment, list[EdbRow]]:
         """Level-0 segment `seg_id` of an epoch and its rows. Needs no index state, so the
-        epoch builder runs it while the previous epoch is still being written."""
+        epoch builder runs it while the previous epoch is still being written; and its rows
+        do not depend on where the epoch's blocks start (postings count from the segment's
+        first block), so epochs are built side by side before their place is known."""
+        first = min(b for b, _ in epoch.blocks)
         postings: defaultdict[str, list[int]] = defaultdict(list)
         for block, words in epoch.blocks:
+            relative = block - first
             for word in words:
-                postings[word].append(block)
+                postings[word].append(relative)
         # Not through the cache: an epoch computes each keyword's trapdoor once, and most
         # keywords (ids) are never seen again.
         trapdoor = self._trapdoor_for
@@ -149,16 +161,9 @@ class Indexer:
                 raw = BlockSet.encode_sorted(blocks)
             entries.append((trapdoor(word), raw))
         rows = self._rows(seg_id, entries)
-        numbers = [b for b, _ in epoch.blocks]
+        last = max(b for b, _ in epoch.blocks)
         segment = Segment(
-            seg_id,
-            0,
-            epoch.t_min,
-            epoch.t_max,
-            min(numbers),
-            max(numbers) + 1,
-            epoch.spans,
-            len(rows),
+            seg_id, 0, epoch.t_min, epoch.t_max, first, last + 1, epoch.spans, len(rows)
         )
         return segment, rows
 
@@ -211,13 +216,17 @@ class Indexer:
         be exactly theirs). Needs no index state: the epoch builder runs it."""
         expected = {s.id: s.rows for s in group}
         seen = dict.fromkeys(expected, 0)
+        first = min(s.first_block for s in group)
+        offset = {s.id: s.first_block - first for s in group}  # postings are relative
+        rebase = BlockSet.rebase
         found: dict[bytes, list[bytes]] = {}
         for row in merged_rows:
             if row.segment not in seen:
                 raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
             seen[row.segment] += 1
+            shift = offset[row.segment]
             for door, raw in self.codec.open_raw(row):
-                found.setdefault(door, []).append(raw)
+                found.setdefault(door, []).append(rebase(raw, shift))
         if seen != expected:
             raise IntegrityError(
                 "rows are missing from or were added to the encrypted index "
@@ -236,7 +245,7 @@ class Indexer:
             max(s.level for s in group) + 1,
             min(s.t_min for s in group),
             max(s.t_max for s in group),
-            min(s.first_block for s in group),
+            first,
             max(s.last_block for s in group),
             sum(s.spans for s in group),
             len(rows),

@@ -85,6 +85,11 @@ class BlockSet:
             out |= s
         return out
 
+    def shifted(self, offset: int) -> BlockSet:
+        """Every block number plus `offset` (a segment's postings count from its first
+        block)."""
+        return BlockSet(self.base + offset, self.mask) if self.mask else self
+
     def at_least(self, lowest: int) -> BlockSet:
         """The blocks numbered `lowest` or more."""
         if lowest <= self.base:
@@ -142,6 +147,20 @@ class BlockSet:
         if len(blocks) < 2 or blocks[-1] - blocks[0] >= _BITMAP_BITS_PER_BLOCK * len(blocks):
             return _varint_list(blocks)
         return BlockSet.of(blocks).encode()
+
+    @staticmethod
+    def rebase(raw: bytes, offset: int) -> bytes:
+        """`decode(raw).shifted(offset).encode()` for `offset` >= 0, rewriting only the
+        first number (both encodings store the lowest block, then what follows it):
+        a compaction merge moves most lists (one-block ids) this way."""
+        if offset == 0:
+            return raw
+        if not raw or raw[0] not in (_LIST, _BITMAP):
+            raise IntegrityError("an encrypted index row has an unknown posting layout")
+        if len(raw) == 1:
+            return raw  # an empty list
+        first, rest = _read_varint(raw, 1)
+        return raw[:1] + _varint(first + offset) + raw[rest:]
 
     @classmethod
     def decode(cls, raw: bytes) -> BlockSet:

@@ -19,12 +19,22 @@ import pytest
 
 from collector import Node
 from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder, ProcessBuilder
+from collector._enclave_app import BUILD_WORKERS
 from collector._ingest import IngestEngine
 from collector._journal import Journal
 from oram_store import OramParams, PathOram, SqlBucketStore
 from otrace.bench._loadgen import build_requests
 from otrace.errors import StorageError
-from query import EdbCodec, EdbRow, Indexer, Segment
+from query import (
+    EdbCodec,
+    EdbRow,
+    Indexer,
+    QueryBudget,
+    QueryExecutor,
+    Segment,
+    trace_keyword,
+    trapdoor_for,
+)
 from tee import Sealer
 from tests.collector.conftest import node_settings, running, spans_of, stored
 from tests.collector.otlp_helpers import grpc_export, request
@@ -42,10 +52,8 @@ class HeldBuilder(EpochBuilder):
         self.held: list[tuple[Future[Any], Future[Any]]] = []
         self.hold = True
 
-    def epoch(
-        self, entries: Sequence[tuple[int, bytes]], base: int, seg_id: int
-    ) -> Future[BuiltEpoch]:
-        return self.inline.epoch(entries, base, seg_id)
+    def epoch(self, entries: Sequence[tuple[int, bytes]], seg_id: int) -> Future[BuiltEpoch]:
+        return self.inline.epoch(entries, seg_id)
 
     def merge(
         self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
@@ -103,14 +111,14 @@ def _assert_index_consistent(engine: IngestEngine) -> None:
 
 def test_process_builder_packs_the_same_blocks_and_postings_as_inline() -> None:
     entries = [(i + 1, request(40, f"svc-{i}").SerializeToString()) for i in range(3)]
-    inline = InlineBuilder(Indexer(INDEX_KEY, EdbCodec(EDB_KEY)), 4096).epoch(entries, 7, 3)
+    inline = InlineBuilder(Indexer(INDEX_KEY, EdbCodec(EDB_KEY)), 4096).epoch(entries, 3)
     process = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
     try:
-        there = process.epoch(entries, 7, 3).result(timeout=60)
+        there = process.epoch(entries, 3).result(timeout=60)
     finally:
         process.close()
     here = inline.result()
-    assert (there.first, there.last, there.base, there.spans) == (1, 3, 7, 120)
+    assert (there.first, there.last, there.spans) == (1, 3, 120)
     assert there.blocks == here.blocks  # packing is deterministic
     assert there.segment == here.segment
     codec = EdbCodec(EDB_KEY)
@@ -125,15 +133,15 @@ def test_a_killed_builder_fails_its_work_and_the_next_starts_a_new_one() -> None
     entries = [(1, request(5).SerializeToString())]
     builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
     try:
-        assert builder.epoch(entries, 0, 1).result(timeout=60).spans == 5
+        assert builder.epoch(entries, 1).result(timeout=60).spans == 5
         (child,) = multiprocessing.active_children()
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(timeout=10)
         # Work handed over before the pool saw the death fails; the next starts anew.
         try:
-            built = builder.epoch(entries, 0, 2).result(timeout=60)
+            built = builder.epoch(entries, 2).result(timeout=60)
         except BrokenProcessPool:
-            built = builder.epoch(entries, 0, 3).result(timeout=60)
+            built = builder.epoch(entries, 3).result(timeout=60)
         assert built.spans == 5
         (again,) = multiprocessing.active_children()
         assert again.pid != child.pid
@@ -143,7 +151,7 @@ def test_a_killed_builder_fails_its_work_and_the_next_starts_a_new_one() -> None
 
 def _builder_then_return() -> None:
     builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
-    builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
+    builder.epoch([(1, request(1).SerializeToString())], 1).result(timeout=60)
 
 
 def test_an_enclave_process_with_a_builder_exits_when_its_work_is_done() -> None:
@@ -178,7 +186,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_a_nodes_builder_holds_no_storage_or_platform_file(node: Node) -> None:
+def test_a_nodes_builders_hold_no_storage_or_platform_file(node: Node) -> None:
     # The builder gets two keys and work items, nothing else: not the ORAM, the journal,
     # the platform's sealing or attestation key files (SECURITY.md).
     assert node.grpc is not None and node.enclave is not None
@@ -186,18 +194,20 @@ def test_a_nodes_builder_holds_no_storage_or_platform_file(node: Node) -> None:
     assert len(spans_of(stored(node))) == 20  # the builder built that epoch
     enclave = node.enclave.pid
     assert enclave is not None
-    (builder,) = _children(enclave)
+    builders = _children(enclave)
+    assert len(builders) == BUILD_WORKERS
     data, platform = str(node.settings.data_dir), str(node.settings.platform_dir)
     # The enclave itself holds the store open (so the check below can fail) ...
     assert any(f.startswith(data) for f in _open_files(enclave))
-    # ... its builder holds nothing under either directory.
-    held = _open_files(builder)
-    assert not [f for f in held if f.startswith((data, platform))], held
+    # ... its builders hold nothing under either directory.
+    for builder in builders:
+        held = _open_files(builder)
+        assert not [f for f in held if f.startswith((data, platform))], held
 
 
 def _builder_then_wait(ready: Any) -> None:
     builder = ProcessBuilder(INDEX_KEY, EDB_KEY, 4096)
-    builder.epoch([(1, request(1).SerializeToString())], 0, 1).result(timeout=60)
+    builder.epoch([(1, request(1).SerializeToString())], 1).result(timeout=60)
     ready.put(multiprocessing.active_children()[0].pid)
     time.sleep(600)
 
@@ -253,11 +263,20 @@ class FailingDevice:
         return self._device.access_batch(ops, **kw)
 
 
+class SideBySide(InlineBuilder):
+    """Asks the engine for `parallel` epochs at once, as a pool of that many workers."""
+
+    parallel = 3
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
 @pytest.mark.parametrize("fail_at", [1, 3, 6])
-def test_a_failed_commit_drops_the_epoch_built_ahead_and_loses_nothing(
-    tmp_path: Path, fail_at: int
+def test_a_failed_commit_drops_the_epochs_built_ahead_and_loses_nothing(
+    tmp_path: Path, fail_at: int, parallel: int
 ) -> None:
-    engine = _engine(tmp_path, max_epoch_entries=2)
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    builder = (SideBySide if parallel == 3 else InlineBuilder)(indexer, 4096)
+    engine = _engine(tmp_path, builder, max_epoch_entries=2)
     engine.device = FailingDevice(engine.device, fail_at)
     _ingest(engine, 7)
     with pytest.raises(StorageError, match="injected"):
@@ -271,6 +290,36 @@ def test_a_failed_commit_drops_the_epoch_built_ahead_and_loses_nothing(
     again = _engine(tmp_path)
     assert sorted(_stored(again).values()) == [1] * 210
     _assert_index_consistent(again)
+
+
+def test_epochs_built_side_by_side_are_found_where_they_were_written(tmp_path: Path) -> None:
+    # Each epoch is built with its blocks counted from 0, before its place is known; the
+    # index must still point every trace at the blocks it was written to, also after
+    # merges have moved postings of segments with different first blocks into one.
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    engine = _engine(tmp_path, SideBySide(indexer, 4096), max_epoch_entries=1)
+    traces = [os.urandom(16) for _ in range(9)]
+    for i, trace in enumerate(traces):
+        body = request(30, f"svc-{i % 3}", trace_id=trace).SerializeToString()
+        assert engine.ingest([(PROTOBUF, body)])[0].ok
+    assert engine.drain_all() == 9
+    assert max(s.level for s in engine.index.segments) >= 2  # merged, and merged again
+    assert engine.index.segments[-1].first_block > 0
+    executor = QueryExecutor(
+        engine, _edb_lookup(engine), indexer, budget=QueryBudget.from_reads(4, 8, 4)
+    )
+    for trace in traces:
+        found = executor.get_trace(trapdoor_for(INDEX_KEY, trace_keyword(trace)))
+        assert {r.trace_id for r in found.records} == {trace}
+        assert len(found.records) == 30
+
+
+def _edb_lookup(engine: IngestEngine) -> Any:
+    def lookup(slots: Any) -> Any:
+        with engine.device.store.engine.connect() as conn:  # type: ignore[attr-defined]
+            return engine.edb.lookup(conn, slots)
+
+    return lookup
 
 
 def test_epochs_go_on_while_a_merge_is_being_built(tmp_path: Path) -> None:

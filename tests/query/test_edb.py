@@ -68,10 +68,11 @@ def test_find_decodes_only_the_asked_trapdoors() -> None:
     assert CODEC.find(row, {b"b" * 32, b"c" * 32}) == {b"b" * 32: BlockSet.of([7])}
 
 
-@pytest.mark.parametrize("version", ["v2", "v3"])
+@pytest.mark.parametrize("version", ["v2", "v3", "v4"])
 def test_a_row_of_an_earlier_index_format_says_so(version: str) -> None:
-    """v2 rows (before posting lists carried their encoding) and v3 rows (buckets located
-    by keyed BLAKE2b: a v4 lookup would find the wrong bucket) are refused by name."""
+    """v2 rows (before posting lists carried their encoding), v3 rows (buckets located by
+    keyed BLAKE2b: a later lookup would find the wrong bucket) and v4 rows (absolute block
+    numbers: read as relative they would point at the wrong blocks) are refused by name."""
     nonce = b"\x05" * 12
     body = bytes(256)
     ad = f"otrace/edb/{version}\x00".encode() + (3).to_bytes(8, "big") + (1).to_bytes(4, "big")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from otrace.errors import IntegrityError
-from query import EdbCodec, EpochSpans, Indexer, IndexState, decode_index, encode_index
+from query import (
+    EdbCodec,
+    EpochSpans,
+    Indexer,
+    IndexState,
+    Segment,
+    decode_index,
+    encode_index,
+)
 from query._trapdoor import locate, trapdoor_for
 
 KEY = b"\x01" * 32
@@ -26,10 +34,12 @@ def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
     )
 
 
-def _blocks_of(ix: Indexer, rows: list, keyword: str, segment: int) -> tuple[int, ...]:
+def _blocks_of(ix: Indexer, rows: list, keyword: str, segment: Segment) -> tuple[int, ...]:
+    """Absolute block numbers (postings count from the segment's first block)."""
     door = trapdoor_for(KEY, keyword)
-    (row,) = [r for r in rows if r.bucket == locate(KEY, door, segment, len(rows))]
-    return next(e.blocks for e in ix.codec.open(row) if e.trapdoor == door)
+    (row,) = [r for r in rows if r.bucket == locate(KEY, door, segment.id, len(rows))]
+    relative = next(e.blocks for e in ix.codec.open(row) if e.trapdoor == door)
+    return tuple(segment.first_block + b for b in relative)
 
 
 def test_an_epoch_adds_a_level_0_segment_under_a_new_id() -> None:
@@ -38,26 +48,35 @@ def test_an_epoch_adds_a_level_0_segment_under_a_new_id() -> None:
     (seg,) = state.segments
     assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (1, 0, 10, 12, 3)
     assert seg.rows == len(rows) == 1  # svc:a, name:x, name:y fit one bucket
-    assert _blocks_of(ix, rows, "svc:a", 1) == (10,)
-    assert _blocks_of(ix, rows, "name:y", 1) == (11,)
+    assert _blocks_of(ix, rows, "svc:a", seg) == (10,)
+    assert _blocks_of(ix, rows, "name:y", seg) == (11,)
     assert state.catalogue == {"a": frozenset({"x", "y"})}
     again, rows2 = ix.add_epoch(state, _epoch(12, 200))
     assert {r.slot for r in rows}.isdisjoint({r.slot for r in rows2})
     assert again.next_segment == 3
 
 
-def test_fanout_segments_merge_into_one_under_a_new_id() -> None:
+@pytest.mark.parametrize("first", [0, 1000])
+def test_fanout_segments_merge_into_one_under_a_new_id(first: int) -> None:
     ix = _indexer(fanout=4)
     state, all_rows = IndexState(), []
     for i in range(4):
-        state, rows = ix.add_epoch(state, _epoch(2 * i, 100 + i))
+        state, rows = ix.add_epoch(state, _epoch(first + 2 * i, 100 + i))
         all_rows += rows
     plan = ix.plan(state, now_ns=200, live_from=0)
     assert [s.id for s in plan.merge] == [1, 2, 3, 4] and not plan.retire
     merged_state, merged = ix.apply(state, plan, all_rows)
     (seg,) = merged_state.segments
-    assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (5, 1, 0, 8, 12)
-    assert _blocks_of(ix, merged, "svc:a", 5) == (0, 2, 4, 6)
+    assert (seg.id, seg.level, seg.first_block, seg.last_block, seg.spans) == (
+        5,
+        1,
+        first,
+        first + 8,
+        12,
+    )
+    # Each segment counted its postings from its own first block; merged, from the first.
+    assert _blocks_of(ix, merged, "svc:a", seg) == tuple(first + b for b in (0, 2, 4, 6))
+    assert _blocks_of(ix, merged, "name:y", seg) == tuple(first + b for b in (1, 3, 5, 7))
     assert not ix.plan(merged_state, now_ns=200, live_from=0)
 
 
