@@ -67,6 +67,7 @@ _AD_LABEL = b"otrace/faas/v2/hop\x00"
 # next_function and previous_tag. `s` fields pad or cut silently: lengths are checked first.
 _AD_HEAD = struct.Struct(">16s32sIQBBB")
 _HOP_KEY_INFO = b"otrace/faas/v1/hop-key"
+_SHA256 = hashes.SHA256()  # an immutable algorithm descriptor, shared by every derivation
 _META_KEYS = frozenset(
     {"request_id", "chain_id", "step", "next_function", "manifest_hash", "expires_at_ms"}
 )
@@ -200,9 +201,9 @@ class HopKey:
         # One HKDF-Expand output split in two: the AES key and the key id (a commitment
         # to it). The hop secret is a PRK already (an HKDF output), so no Extract: one
         # HMAC fewer per key, of 8 keys per invocation (module docstring).
-        okm = HKDFExpand(
-            algorithm=hashes.SHA256(), length=48, info=_HOP_KEY_INFO + request_id
-        ).derive(hop_secret)
+        okm = HKDFExpand(algorithm=_SHA256, length=48, info=_HOP_KEY_INFO + request_id).derive(
+            hop_secret
+        )
         self._aead = AESGCM(okm[:32])
         self.key_id = okm[32:]
 
