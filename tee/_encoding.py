@@ -15,7 +15,6 @@ import cbor2
 __all__ = [
     "decode_canonical",
     "encode_canonical",
-    "encode_presorted",
     "expect_bytes",
     "expect_int",
     "expect_map",
@@ -25,17 +24,6 @@ __all__ = [
 def encode_canonical(value: object) -> bytes:
     """The canonical CBOR encoding of `value` (RFC 8949 section 4.2.1 ordering)."""
     return cbor2.dumps(value, canonical=True)
-
-
-def encode_presorted(value: object) -> bytes:
-    """`encode_canonical(value)` for values built in canonical order, without the sorting pass.
-
-    For hot paths encoding a fixed schema. Holds only if every map in `value`
-    already lists its keys in canonical order and `value` has no floats or
-    sets (the only other things canonical mode rewrites); callers pin that
-    with a test against `encode_canonical`.
-    """
-    return cbor2.dumps(value)
 
 
 def decode_canonical(data: bytes) -> Any:

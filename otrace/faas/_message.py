@@ -17,8 +17,19 @@ secret as HKDF(K_chain, `otrace/tee/v1/chain-hop/` + step + receiver
 measurement): the key depends on K_chain, request id, step and H(function). The
 hop secret is already an HKDF output (a uniformly random 32-byte key), so it is
 used as the PRK directly (RFC 5869 section 3.3) and the per-request stage is
-Expand only: K_chain is extracted once, by the KMS, not once per message. Associated data =
-`otrace/faas/v1/hop\\0` + canonical CBOR [metadata, previous_tag]. The payload
+Expand only: K_chain is extracted once, by the KMS, not once per message.
+
+Associated data (v2, fixed binary layout, big-endian; v1 was canonical CBOR
+[metadata, previous_tag] under the label `otrace/faas/v1/hop\\0`):
+
+    `otrace/faas/v2/hop\\0` | request_id(16) | manifest_hash(32) | step u32
+    | expires_at_ms u64 | len(chain_id) u8 | len(next_function) u8
+    | len(previous_tag) u8 | chain_id (UTF-8) | next_function (UTF-8) | previous_tag
+
+Fixed-width fields first, then the three variable ones in the order their
+lengths give, so the bytes parse back to exactly one (metadata, previous_tag):
+the encoding is injective, and values it cannot represent are refused, never
+truncated. The payload
 is canonical CBOR `{args, carrier}`, the carrier holding `traceparent`,
 `tracestate` and `baggage`, so the trace context is as secret as the arguments.
 `key_id` lets the receiver tell a message sealed for another request, step or
@@ -28,6 +39,7 @@ function (spliced or relabelled) from one whose bytes were altered.
 from __future__ import annotations
 
 import hmac
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +52,6 @@ from otrace.errors import ChainViolation
 from tee._encoding import (
     decode_canonical,
     encode_canonical,
-    encode_presorted,
     expect_bytes,
     expect_int,
     expect_map,
@@ -50,8 +61,13 @@ __all__ = ["ChainMessage", "HopKey", "HopMetadata", "associated_data", "peek_met
 
 REQUEST_ID_SIZE = 16
 TAG_SIZE = 16
-_AD_LABEL = b"otrace/faas/v1/hop\x00"
+_HASH_SIZE = 32
+_AD_LABEL = b"otrace/faas/v2/hop\x00"
+# request_id, manifest_hash, step, expires_at_ms, then the lengths of chain_id,
+# next_function and previous_tag. `s` fields pad or cut silently: lengths are checked first.
+_AD_HEAD = struct.Struct(">16s32sIQBBB")
 _HOP_KEY_INFO = b"otrace/faas/v1/hop-key"
+_SHA256 = hashes.SHA256()  # an immutable algorithm descriptor, shared by every derivation
 _META_KEYS = frozenset(
     {"request_id", "chain_id", "step", "next_function", "manifest_hash", "expires_at_ms"}
 )
@@ -145,12 +161,35 @@ def peek_metadata(data: bytes) -> HopMetadata:
 
 
 def associated_data(metadata: HopMetadata, previous_tag: bytes) -> bytes:
-    """`otrace/faas/v1/hop\\0` + canonical CBOR [metadata, previous_tag].
+    """The v2 associated data of a hop: fixed-width fields, then length-prefixed ones.
 
-    Built on every seal and open: `to_map` lists the keys in canonical order, so
-    the encoder skips sorting and yields the same bytes as `encode_canonical`.
+    Layout in the module docstring. Built on every seal and open, so it is one
+    `struct` pack instead of a CBOR encoding (about 0.4 us against 3.5 warm).
+    Anything the layout cannot hold exactly (a step past u32, an expiry past
+    u64, a name longer than 255 UTF-8 bytes, a field of the wrong size) is a
+    `ChainViolation`: no two hops share associated data.
     """
-    return _AD_LABEL + encode_presorted([metadata.to_map(), previous_tag])
+    try:
+        chain = metadata.chain_id.encode()
+        name = metadata.next_function.encode()
+        if (
+            len(metadata.request_id) != REQUEST_ID_SIZE
+            or len(metadata.manifest_hash) != _HASH_SIZE
+            or len(previous_tag) not in (0, TAG_SIZE)
+        ):
+            raise ValueError("a fixed-size field has the wrong size")
+        head = _AD_HEAD.pack(
+            metadata.request_id,
+            metadata.manifest_hash,
+            metadata.step,
+            metadata.expires_at_ms,
+            len(chain),
+            len(name),
+            len(previous_tag),
+        )
+    except (struct.error, ValueError) as exc:
+        raise ChainViolation(f"hop metadata cannot be authenticated: {exc}") from None
+    return b"".join((_AD_LABEL, head, chain, name, previous_tag))
 
 
 class HopKey:
@@ -162,9 +201,9 @@ class HopKey:
         # One HKDF-Expand output split in two: the AES key and the key id (a commitment
         # to it). The hop secret is a PRK already (an HKDF output), so no Extract: one
         # HMAC fewer per key, of 8 keys per invocation (module docstring).
-        okm = HKDFExpand(
-            algorithm=hashes.SHA256(), length=48, info=_HOP_KEY_INFO + request_id
-        ).derive(hop_secret)
+        okm = HKDFExpand(algorithm=_SHA256, length=48, info=_HOP_KEY_INFO + request_id).derive(
+            hop_secret
+        )
         self._aead = AESGCM(okm[:32])
         self.key_id = okm[32:]
 

@@ -43,12 +43,14 @@ Rng = Callable[[int], bytes]
 class HopSecrets:
     """The hop secrets an enclave obtained from the KMS, per manifest (cold start once)."""
 
-    __slots__ = ("_identity", "_kms", "_lock", "_platform", "_secrets", "fetches")
+    __slots__ = ("_by_step", "_identity", "_kms", "_lock", "_platform", "_secrets", "fetches")
 
     def __init__(self, kms: KmsClient, platform: Platform, identity: EnclaveIdentity) -> None:
         self._kms, self._platform, self._identity = kms, platform, identity
         self._lock = threading.Lock()
         self._secrets: dict[bytes, dict[str, bytes]] = {}
+        # Per manifest, hop step -> secret (None for hops that are not this enclave's).
+        self._by_step: dict[bytes, tuple[bytes | None, ...]] = {}
         self.fetches = 0
 
     def __repr__(self) -> str:
@@ -69,12 +71,25 @@ class HopSecrets:
                 hops = manifest.hops_of(self._identity.measurement)
                 names = [manifest.hop_secret(h) for h in sorted(hops)]
                 cached = self._kms.obtain_secrets(self._platform, self._identity, names)
+                self._by_step[manifest.digest] = tuple(
+                    cached.get(manifest.hop_secret(step)) for step in range(manifest.length + 1)
+                )
                 self._secrets[manifest.digest] = cached
                 self.fetches += 1
             return cached
 
     def key(self, manifest: ChainManifest, step: int, request_id: bytes) -> HopKey:
-        return HopKey(self.for_manifest(manifest)[manifest.hop_secret(step)], request_id)
+        """The key of hop `step` of `request_id`; `ChainViolation` if the hop is not ours."""
+        by_step = self._by_step.get(manifest.digest)
+        if by_step is None:
+            self.for_manifest(manifest)
+            by_step = self._by_step[manifest.digest]
+        secret = by_step[step] if 0 <= step < len(by_step) else None
+        if secret is None:
+            raise ChainViolation(
+                f"hop {step} of chain {manifest.chain_id!r} is not this enclave's: no key for it"
+            )
+        return HopKey(secret, request_id)
 
 
 class FunctionHost:

@@ -92,6 +92,11 @@ def test_each_function_gets_only_its_own_hop_keys(chain: Chain) -> None:
     price = chain.hosts["price"]
     granted = price.secrets.for_manifest(chain.manifest)
     assert sorted(granted) == sorted(chain.manifest.hop_secret(h) for h in (1, 2))
+    for step in (1, 2):
+        price.secrets.key(chain.manifest, step, bytes(16))
+    for step in (0, 3, 4, -1):
+        with pytest.raises(ChainViolation, match="not this enclave's"):
+            price.secrets.key(chain.manifest, step, bytes(16))
     with pytest.raises(PolicyError, match="does not release"):
         chain.client.obtain_secrets(
             chain.platform, price.secrets.identity, [chain.manifest.hop_secret(0)]

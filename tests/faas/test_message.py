@@ -1,6 +1,8 @@
-"""The hop message: its associated data (byte-for-byte canonical CBOR) and its key derivation."""
+"""The hop message: its associated data (v2 binary layout, injective) and its key derivation."""
 
 from __future__ import annotations
+
+import struct
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -16,20 +18,32 @@ from tee._encoding import encode_canonical
 from tee._kms import derive_hop_secret
 
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,62}", fullmatch=True)
-# Up to and past 2**64, where CBOR switches to a bignum tag.
-INTS = st.integers(min_value=0, max_value=2**70)
+AD_LABEL = b"otrace/faas/v2/hop\x00"
+
+
+def parse_associated_data(data: bytes) -> tuple[HopMetadata, bytes]:
+    """The inverse of `associated_data`, written from the layout in the module docstring."""
+    assert data.startswith(AD_LABEL)
+    head = struct.Struct(">16s32sIQBBB")
+    rest = data[len(AD_LABEL) :]
+    request_id, manifest_hash, step, expires, n_chain, n_name, n_tag = head.unpack_from(rest)
+    rest = rest[head.size :]
+    assert len(rest) == n_chain + n_name + n_tag
+    chain, name, tag = rest[:n_chain], rest[n_chain : n_chain + n_name], rest[n_chain + n_name :]
+    meta = HopMetadata(request_id, chain.decode(), step, name.decode(), manifest_hash, expires)
+    return meta, tag
 
 
 @given(
     request_id=st.binary(min_size=16, max_size=16),
     chain_id=NAMES,
-    step=INTS,
+    step=st.integers(min_value=0, max_value=2**32 - 1),
     next_function=NAMES,
     manifest_hash=st.binary(min_size=32, max_size=32),
-    expires_at_ms=INTS,
+    expires_at_ms=st.integers(min_value=0, max_value=2**64 - 1),
     previous_tag=st.sampled_from([b""]) | st.binary(min_size=16, max_size=16),
 )
-def test_associated_data_is_the_canonical_encoding(
+def test_associated_data_parses_back_to_exactly_its_hop(
     request_id: bytes,
     chain_id: str,
     step: int,
@@ -38,9 +52,53 @@ def test_associated_data_is_the_canonical_encoding(
     expires_at_ms: int,
     previous_tag: bytes,
 ) -> None:
+    """Injective: the bytes determine the metadata and previous tag they were built from."""
     meta = HopMetadata(request_id, chain_id, step, next_function, manifest_hash, expires_at_ms)
-    expected = b"otrace/faas/v1/hop\x00" + encode_canonical([meta.to_map(), previous_tag])
-    assert associated_data(meta, previous_tag) == expected
+    assert parse_associated_data(associated_data(meta, previous_tag)) == (meta, previous_tag)
+
+
+def test_associated_data_layout_is_pinned() -> None:
+    meta = HopMetadata(b"r" * 16, "bench", 2, "store", b"h" * 32, 1_800_000_000_000)
+    expected = (
+        b"otrace/faas/v2/hop\x00"
+        + b"r" * 16
+        + b"h" * 32
+        + bytes.fromhex("00000002" "000001a3185c5000" "05" "05" "10")
+        + b"bench"
+        + b"store"
+        + b"t" * 16
+    )
+    assert associated_data(meta, b"t" * 16) == expected
+
+
+@pytest.mark.parametrize(
+    ("meta", "previous_tag"),
+    [
+        (HopMetadata(bytes(16), "c", 2**32, "f", bytes(32), 1), b""),
+        (HopMetadata(bytes(16), "c", 0, "f", bytes(32), 2**64), b""),
+        (HopMetadata(bytes(16), "c", -1, "f", bytes(32), 1), b""),
+        (HopMetadata(bytes(16), "c" * 256, 0, "f", bytes(32), 1), b""),
+        (HopMetadata(bytes(15), "c", 0, "f", bytes(32), 1), b""),
+        (HopMetadata(bytes(16), "c", 0, "f", bytes(33), 1), b""),
+        (HopMetadata(bytes(16), "c", 0, "f", bytes(32), 1), bytes(8)),
+        (HopMetadata(bytes(16), "c", 0, "\udc80", bytes(32), 1), b""),
+    ],
+    ids=[
+        "step past u32",
+        "expiry past u64",
+        "negative step",
+        "chain id too long",
+        "short request id",
+        "long manifest hash",
+        "short previous tag",
+        "not UTF-8",
+    ],
+)
+def test_associated_data_refuses_what_it_cannot_hold_exactly(
+    meta: HopMetadata, previous_tag: bytes
+) -> None:
+    with pytest.raises(ChainViolation, match="cannot be authenticated"):
+        associated_data(meta, previous_tag)
 
 
 def test_metadata_map_lists_keys_in_canonical_order() -> None:
