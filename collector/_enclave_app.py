@@ -82,6 +82,7 @@ class EnclaveConfig:
     block_size: int = 4096
     batch: int = 32
     cache_levels: int = 8
+    build_workers: int = 2
     epoch_ms: int = 200
     retention_s: int = 7 * 86400
     trace_reads: int = 16
@@ -109,10 +110,6 @@ class EnclaveConfig:
 # A node now builds epochs in its builder process (`collector._builder`); the setting
 # still serves replicas, which build inline, and the node's ORAM batches and queries.
 SWITCH_INTERVAL_S = 0.001
-
-# Builder processes: epochs (and merges) built side by side. Their blocks and rows do not
-# depend on where they are written, so the next two epochs are built while one is written.
-BUILD_WORKERS = 2
 
 
 def prioritise_ecalls() -> None:
@@ -146,7 +143,7 @@ def start(init: bytes) -> EcallTable:
         edb_value_key(secrets),
         device.params.block_size,
         unindexed,
-        workers=BUILD_WORKERS,
+        workers=config.build_workers,
     )
     engine = IngestEngine(
         device, journal, sealer, indexer=indexer, unindexed=unindexed, builder=builder

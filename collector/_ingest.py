@@ -48,6 +48,7 @@ from query import (
     Segment,
     decode_index,
     encode_index,
+    slot_of,
     traces_data,
     unpack_blocks,
 )
@@ -166,6 +167,7 @@ class IngestEngine:
         self.failure: IntegrityError | None = None
         self.state = self._load_state()
         self.index = self._load_index()
+        self._check_index_format()
         journal.resume_after(self.state.watermark)
 
     # ----------------------------------------------------------------- ingest
@@ -253,11 +255,20 @@ class IngestEngine:
         tail = self._ahead[-1][1] if self._ahead else after
         while len(self._ahead) < self._builder.parallel:
             entries = self._entries_after(tail)
-            if not entries:
+            if not entries or (self._ahead and not self._is_full(entries)):
+                # Beyond the next epoch only full ones: under light load more workers would
+                # cut the journal into many small segments, each with rows and merges.
                 return
             future = self._builder.epoch(entries, self._reserve_segment())
             self._ahead.append((tail, entries[-1][0], future))
             tail = entries[-1][0]
+
+    def _is_full(self, entries: Sequence[tuple[int, bytes]]) -> bool:
+        """Whether an epoch's entries reached a limit (as many as an epoch takes, or half
+        its bytes: `_up_to_bytes` stops before the entry that would pass them)."""
+        if len(entries) >= self._max_entries:
+            return True
+        return sum(len(body) for _, body in entries) >= self._max_bytes // 2
 
     def _claim_ahead(self, st: IngestState) -> Future[BuiltEpoch] | None:
         """The next epoch built ahead, if it starts where the committed state ends (an
@@ -464,6 +475,20 @@ class IngestEngine:
                 "(missing, tampered or rolled back separately)"
             )
         return decode_index(self._sealer.unseal(blob, self._index_context(self.state.index_gen)))
+
+    def _check_index_format(self) -> None:
+        """Opens one bucket of the oldest segment, so that an index an earlier otrace wrote
+        is refused at start, with its version, rather than at the first merge that reads
+        it (which would stop ingest) or the first query. Bucket 0 of every segment exists:
+        the storage learns nothing from this read but that the node started."""
+        if not self.index.segments:
+            return
+        slot = slot_of(self.index.segments[0].id, 0)
+        with self.device.store.engine.connect() as conn:  # type: ignore[attr-defined]
+            rows = self.edb.lookup(conn, [slot])
+        if not rows:
+            raise IntegrityError("an encrypted index bucket is missing from storage")
+        self.indexer.codec.open_raw(rows[0])
 
     def _load_state(self) -> IngestState:
         store = self.device.store

@@ -167,6 +167,7 @@ class Node:
             block_size=s.block_size,
             batch=s.oram_batch,
             cache_levels=s.cache_levels,
+            build_workers=s.build_workers,
             epoch_ms=s.epoch_ms,
             retention_s=s.retention,
             trace_reads=s.trace_reads,

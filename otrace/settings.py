@@ -39,6 +39,9 @@ class Settings:
     block_size: int = 4096
     oram_batch: int = 32
     cache_levels: int = 8
+    # Epoch builder processes (parse, keywords, packing, index segments, merges) beside the
+    # enclave's writer; epochs are built side by side, one per worker.
+    build_workers: int = 2
     max_pending_requests: int = 256
     max_journal_depth: int = 4096  # journal entries not yet in the ORAM before ingest sheds
     retention: int = 7 * 86400  # seconds; flags and files take durations such as 7d
@@ -85,6 +88,7 @@ class Settings:
             "retention",
             "trace_reads",
             "search_reads",
+            "build_workers",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

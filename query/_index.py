@@ -235,10 +235,7 @@ class Indexer:
         # Most keywords (ids) occur in one segment: their postings are copied as they are.
         rows = self._rows(
             seg_id,
-            [
-                (door, raws[0] if len(raws) == 1 else _merged(raws))
-                for door, raws in found.items()
-            ],
+            [(door, raws[0] if len(raws) == 1 else _merged(raws)) for door, raws in found.items()],
         )
         merged = Segment(
             seg_id,

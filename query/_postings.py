@@ -157,8 +157,8 @@ class BlockSet:
             return raw
         if not raw or raw[0] not in (_LIST, _BITMAP):
             raise IntegrityError("an encrypted index row has an unknown posting layout")
-        if len(raw) == 1:
-            return raw  # an empty list
+        if raw == bytes([_LIST]):
+            return raw  # an empty list (a bitmap without its base is truncated, below)
         first, rest = _read_varint(raw, 1)
         return raw[:1] + _varint(first + offset) + raw[rest:]
 

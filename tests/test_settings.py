@@ -44,6 +44,7 @@ def test_auth_token_never_shows_in_repr() -> None:
         ({"retention": "forever"}, "bad duration 'forever'"),
         ({"search_reads": "1"}, r"search_reads \(1\) must split into 2 equal batches"),
         ({"trace_reads": "33"}, r"trace_reads \(33\) must split into 2 equal batches"),
+        ({"build_workers": "0"}, "build_workers must be positive"),
     ],
 )
 def test_bad_settings_say_what_to_do(flags: dict[str, str], message: str) -> None:
@@ -75,3 +76,8 @@ def test_retention_takes_a_duration_and_reads_split_into_batches() -> None:
 def test_units() -> None:
     assert parse_duration("250ms") == 0.25 and parse_duration("7d") == 7 * 86400
     assert parse_size("16MiB") == 16 << 20 and parse_size("512KiB") == 512 << 10
+
+
+def test_build_workers_from_the_environment() -> None:
+    assert load_settings({}, {"OTRACE_BUILD_WORKERS": "3"}).build_workers == 3
+    assert load_settings({}, {}).build_workers == 2

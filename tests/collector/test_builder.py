@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from collector import Node
 from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder, ProcessBuilder
-from collector._enclave_app import BUILD_WORKERS
 from collector._ingest import IngestEngine
 from collector._journal import Journal
 from oram_store import OramParams, PathOram, SqlBucketStore
 from otrace.bench._loadgen import build_requests
-from otrace.errors import StorageError
+from otrace.errors import IntegrityError, StorageError
 from query import (
     EdbCodec,
     EdbRow,
@@ -71,10 +71,12 @@ class HeldBuilder(EpochBuilder):
         self.held.clear()
 
 
-def _engine(tmp_path: Path, builder: EpochBuilder | None = None, **kw: Any) -> IngestEngine:
+def _engine(
+    tmp_path: Path, builder: EpochBuilder | None = None, batch: int = 4, **kw: Any
+) -> IngestEngine:
     store = SqlBucketStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
     sealer = Sealer.from_key(b"\x01" * 32)
-    params = OramParams("spans", blocks=1024, block_size=4096, batch_size=4)
+    params = OramParams("spans", blocks=1024, block_size=4096, batch_size=batch)
     if store.load_meta("spans") is None:
         oram = PathOram.create(store, params, key=b"\x02" * 32, sealer=sealer, cache_levels=2)
     else:
@@ -195,7 +197,7 @@ def test_a_nodes_builders_hold_no_storage_or_platform_file(node: Node) -> None:
     enclave = node.enclave.pid
     assert enclave is not None
     builders = _children(enclave)
-    assert len(builders) == BUILD_WORKERS
+    assert len(builders) == node.settings.build_workers == 2
     data, platform = str(node.settings.data_dir), str(node.settings.platform_dir)
     # The enclave itself holds the store open (so the check below can fail) ...
     assert any(f.startswith(data) for f in _open_files(enclave))
@@ -292,6 +294,71 @@ def test_a_failed_commit_drops_the_epochs_built_ahead_and_loses_nothing(
     _assert_index_consistent(again)
 
 
+@pytest.mark.parametrize("parallel", [1, 3])
+@pytest.mark.parametrize("fail_at", [2, 5])
+def test_an_epoch_left_half_written_resumes_where_it_stopped(
+    tmp_path: Path, fail_at: int, parallel: int
+) -> None:
+    # One block per ORAM batch and epochs of several blocks: the failure stops an epoch
+    # between its batches (`pending`), with epochs built ahead still queued behind it.
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    builder = (SideBySide if parallel == 3 else InlineBuilder)(indexer, 4096)
+    engine = _engine(tmp_path, builder, batch=1, max_epoch_entries=2)
+    engine.device = FailingDevice(engine.device, fail_at)
+    traces = [os.urandom(16) for _ in range(6)]
+    for i, trace in enumerate(traces):
+        body = request(150, f"svc-{i % 3}", trace_id=trace).SerializeToString()
+        assert engine.ingest([(PROTOBUF, body)])[0].ok
+    with pytest.raises(StorageError, match="injected"):
+        engine.drain_all()
+    assert engine.state.pending is not None  # half-written: some of its blocks are in
+    engine.drain_all()
+    _assert_found(engine, indexer, traces, 150)
+    engine.journal.close()
+    again = _engine(tmp_path, batch=1)  # and after a restart from what was committed
+    assert sorted(_stored(again).values()) == [1] * 900
+    _assert_index_consistent(again)
+
+
+def _assert_found(engine: IngestEngine, indexer: Indexer, traces: list[bytes], spans: int) -> None:
+    """Every span stored once, and each trace found by the index where it was written."""
+    assert sorted(_stored(engine).values()) == [1] * (len(traces) * spans)
+    _assert_index_consistent(engine)
+    executor = QueryExecutor(
+        engine,
+        _edb_lookup(engine),
+        indexer,
+        budget=QueryBudget.from_reads(8, 8, engine.device.params.batch_size),
+    )
+    for trace in traces:
+        found = executor.get_trace(trapdoor_for(INDEX_KEY, trace_keyword(trace)))
+        assert {r.trace_id for r in found.records} == {trace}
+        assert len(found.records) == spans
+
+
+def test_an_index_of_an_earlier_format_is_refused_at_start(tmp_path: Path) -> None:
+    # Before, a store an earlier otrace wrote opened, acknowledged Exports, then failed
+    # at the first merge that read an old segment and stopped ingest for good.
+    engine = _engine(tmp_path)
+    _ingest(engine, 2)
+    engine.drain_all()
+    engine.journal.close()
+    seg = engine.index.segments[0]
+    store = engine.device.store.engine  # type: ignore[attr-defined]
+    with store.begin() as conn:
+        (row,) = engine.edb.lookup(conn, [seg.id << 32])
+        where = seg.id.to_bytes(8, "big") + (0).to_bytes(4, "big")
+        aead = AESGCM(EDB_KEY)
+        plain = aead.decrypt(row.value[:12], row.value[12:], b"otrace/edb/v5\x00" + where)
+        value = row.value[:12] + aead.encrypt(row.value[:12], plain, b"otrace/edb/v4\x00" + where)
+        conn.execute(
+            engine.edb.table.update().where(engine.edb.table.c.slot == row.slot),
+            {"value": value},
+        )
+    with pytest.raises(IntegrityError, match=r"earlier otrace \(index format v4\)"):
+        _engine(tmp_path)
+
+
 def test_epochs_built_side_by_side_are_found_where_they_were_written(tmp_path: Path) -> None:
     # Each epoch is built with its blocks counted from 0, before its place is known; the
     # index must still point every trace at the blocks it was written to, also after
@@ -305,13 +372,31 @@ def test_epochs_built_side_by_side_are_found_where_they_were_written(tmp_path: P
     assert engine.drain_all() == 9
     assert max(s.level for s in engine.index.segments) >= 2  # merged, and merged again
     assert engine.index.segments[-1].first_block > 0
-    executor = QueryExecutor(
-        engine, _edb_lookup(engine), indexer, budget=QueryBudget.from_reads(4, 8, 4)
-    )
-    for trace in traces:
-        found = executor.get_trace(trapdoor_for(INDEX_KEY, trace_keyword(trace)))
-        assert {r.trace_id for r in found.records} == {trace}
-        assert len(found.records) == 30
+    _assert_found(engine, indexer, traces, 30)
+
+
+class Recording(SideBySide):
+    def __init__(self, indexer: Indexer) -> None:
+        super().__init__(indexer, 4096)
+        self.sizes: list[int] = []
+
+    def epoch(self, entries: Sequence[tuple[int, bytes]], seg_id: int) -> Future[BuiltEpoch]:
+        self.sizes.append(len(entries))
+        return super().epoch(entries, seg_id)
+
+
+def test_beyond_the_next_epoch_only_full_ones_are_built_ahead(tmp_path: Path) -> None:
+    # Under light load a second worker would otherwise cut the journal into small epochs.
+    builder = Recording(Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2))
+    engine = _engine(tmp_path, builder, max_epoch_entries=4)
+    _ingest(engine, 10)
+    assert engine.drain_once() is not None
+    # The epoch written (4), the next (4, full); not the 2 left, which would be a third.
+    assert builder.sizes == [4, 4]
+    assert engine.drain_once() is not None
+    assert builder.sizes == [4, 4, 2]  # the next epoch is built ahead whatever its size
+    engine.drain_all()
+    assert sorted(_stored(engine).values()) == [1] * 300
 
 
 def _edb_lookup(engine: IngestEngine) -> Any:

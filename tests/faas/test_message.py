@@ -63,7 +63,7 @@ def test_associated_data_layout_is_pinned() -> None:
         b"otrace/faas/v2/hop\x00"
         + b"r" * 16
         + b"h" * 32
-        + bytes.fromhex("00000002" "000001a3185c5000" "05" "05" "10")
+        + bytes.fromhex("00000002000001a3185c5000050510")
         + b"bench"
         + b"store"
         + b"t" * 16
@@ -82,6 +82,9 @@ def test_associated_data_layout_is_pinned() -> None:
         (HopMetadata(bytes(16), "c", 0, "f", bytes(33), 1), b""),
         (HopMetadata(bytes(16), "c", 0, "f", bytes(32), 1), bytes(8)),
         (HopMetadata(bytes(16), "c", 0, "\udc80", bytes(32), 1), b""),
+        (HopMetadata(bytes(16), "c", 0, "f" * 256, bytes(32), 1), b""),
+        (HopMetadata(bytes(16), "c", 0, "f", bytes(32), 1), bytes(17)),
+        (HopMetadata(bytes(16), "c", 0, "f", bytes(32), 1), bytes(32)),
     ],
     ids=[
         "step past u32",
@@ -92,6 +95,9 @@ def test_associated_data_layout_is_pinned() -> None:
         "long manifest hash",
         "short previous tag",
         "not UTF-8",
+        "function name too long",
+        "long previous tag",
+        "previous tag of a hash's size",
     ],
 )
 def test_associated_data_refuses_what_it_cannot_hold_exactly(

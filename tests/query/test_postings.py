@@ -61,9 +61,12 @@ def test_rebase_moves_every_block_of_either_encoding(blocks: list[int], offset: 
     raw = BlockSet.of(blocks).encode()
     moved = BlockSet.rebase(raw, offset)
     assert BlockSet.decode(moved).blocks() == [b + offset for b in blocks]
+    assert moved == BlockSet.decode(raw).shifted(offset).encode()  # byte for byte
     assert BlockSet.decode(raw).shifted(offset).blocks() == [b + offset for b in blocks]
 
 
-def test_rebase_refuses_an_unknown_layout() -> None:
+def test_rebase_refuses_an_unknown_layout_or_a_truncated_bitmap() -> None:
     with pytest.raises(IntegrityError, match="unknown posting layout"):
         BlockSet.rebase(b"\x07\x01", 3)
+    with pytest.raises(IntegrityError, match="truncated"):
+        BlockSet.rebase(b"\x01", 3)
