@@ -219,12 +219,11 @@ class QueryExecutor:
         self, segments: Sequence[Segment], trapdoors: Sequence[bytes]
     ) -> dict[tuple[int, bytes], BlockSet]:
         """(segment id, trapdoor) -> its blocks, for every pair the index holds."""
-        wanted: dict[int, list[tuple[int, bytes]]] = {}
-        first = {seg.id: seg.first_block for seg in segments}
+        wanted: dict[int, list[tuple[Segment, bytes]]] = {}
         for seg in segments:
             buckets = self._indexer.locate(seg.id, seg.rows, trapdoors)
             for td, bucket in zip(trapdoors, buckets, strict=True):
-                wanted.setdefault(slot_of(seg.id, bucket), []).append((seg.id, td))
+                wanted.setdefault(slot_of(seg.id, bucket), []).append((seg, td))
         out: dict[tuple[int, bytes], BlockSet] = {}
         rows = self._lookup(list(wanted))
         if len(rows) != len(wanted):
@@ -237,9 +236,9 @@ class QueryExecutor:
             # segment column was changed fails `EdbTable` (slot and segment disagree).
             asked = wanted.get(row.slot, [])
             entries = self._indexer.codec.find(row, {td for _, td in asked})
-            for seg_id, td in asked:
+            for seg, td in asked:
                 if td in entries:  # postings count from the segment's first block
-                    out[(seg_id, td)] = entries[td].shifted(first[seg_id])
+                    out[(seg.id, td)] = entries[td].shifted(seg.first_block)
         return out
 
     def _candidates(self, segments: Sequence[Segment], request: SearchRequest) -> BlockSet:

@@ -218,25 +218,20 @@ class Indexer:
         seen = dict.fromkeys(expected, 0)
         first = min(s.first_block for s in group)
         offset = {s.id: s.first_block - first for s in group}  # postings are relative
-        rebase = BlockSet.rebase
-        found: dict[bytes, list[bytes]] = {}
+        found: dict[bytes, list[tuple[bytes, int]]] = {}  # trapdoor -> (postings, shift)
         for row in merged_rows:
             if row.segment not in seen:
                 raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
             seen[row.segment] += 1
             shift = offset[row.segment]
             for door, raw in self.codec.open_raw(row):
-                found.setdefault(door, []).append(rebase(raw, shift))
+                found.setdefault(door, []).append((raw, shift))
         if seen != expected:
             raise IntegrityError(
                 "rows are missing from or were added to the encrypted index "
                 f"(segments {sorted(expected)}: expected {expected}, found {seen})"
             )
-        # Most keywords (ids) occur in one segment: their postings are copied as they are.
-        rows = self._rows(
-            seg_id,
-            [(door, raws[0] if len(raws) == 1 else _merged(raws)) for door, raws in found.items()],
-        )
+        rows = self._rows(seg_id, [(door, _merged(lists)) for door, lists in found.items()])
         merged = Segment(
             seg_id,
             max(s.level for s in group) + 1,
@@ -266,8 +261,12 @@ class Indexer:
         )
 
 
-def _merged(raws: list[bytes]) -> bytes:
-    return BlockSet.union(BlockSet.decode(raw) for raw in raws).encode()
+def _merged(lists: list[tuple[bytes, int]]) -> bytes:
+    """One keyword's postings from the merged segments, each moved by its segment's shift.
+    Most keywords (ids) occur in one segment: only the first number of theirs is rewritten."""
+    if len(lists) == 1:
+        return BlockSet.rebase(*lists[0])
+    return BlockSet.union(BlockSet.decode(raw).shifted(shift) for raw, shift in lists).encode()
 
 
 def _catalogued(

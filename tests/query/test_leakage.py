@@ -282,3 +282,28 @@ def test_a_deleted_index_bucket_is_an_integrity_error_never_a_silent_gap(
         conn.execute(table.delete().where(table.c.slot == slot))
     with pytest.raises(IntegrityError, match="1 encrypted index bucket"):
         harness.executor.get_trace(door)
+
+
+def test_a_restart_reads_one_index_bucket_fixed_by_the_oldest_segment(harness: Harness) -> None:
+    # At start the engine opens one bucket to refuse an index of an earlier format. What
+    # the storage sees must not depend on what is stored: bucket 0 of the oldest segment,
+    # read only, nothing written.
+    now = time.time_ns()
+    _stored_secret_trace(harness)
+    harness.ingest(trace_request("shop", now, 5)[1])
+    oldest = harness.engine.index.segments[0]
+    mark = harness.seen.mark()
+    again = IngestEngine(
+        harness.engine.device,
+        harness.engine.journal,
+        Sealer.from_key(b"\x01" * 32),
+        indexer=harness.engine.indexer,
+    )
+    assert again.index == harness.engine.index
+    assert harness.edb_slots(mark) == {oldest.id << 32}
+    verbs = [
+        sql.split()[0].upper()
+        for sql, _ in harness.seen.since(mark)
+        if "edb_spans" in sql and not sql.lstrip().upper().startswith("PRAGMA")  # schema check
+    ]
+    assert verbs == ["SELECT"]
