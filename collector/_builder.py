@@ -31,8 +31,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from query import (
     EdbCodec,
     EdbRow,
@@ -40,7 +38,7 @@ from query import (
     Indexer,
     Segment,
     pack_blocks,
-    records_from_request,
+    records_from_body,
 )
 
 __all__ = ["BuiltEpoch", "EpochBuilder", "InlineBuilder", "ProcessBuilder", "build_epoch"]
@@ -78,11 +76,7 @@ def build_epoch(
     """Deterministic in its blocks for the same entries, which makes resuming a
     half-written epoch safe (only the rows' nonces differ). Independent of where the
     blocks will be written, so several epochs are built side by side."""
-    records = [
-        rec
-        for _, body in entries
-        for rec in records_from_request(ExportTraceServiceRequest.FromString(body), unindexed)
-    ]
+    records = [rec for _, body in entries for rec in records_from_body(body, unindexed)]
     packed = pack_blocks(records, block_size)
     first, last = entries[0][0], entries[-1][0]
     if not packed:

@@ -27,12 +27,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 
 from otrace.errors import IntegrityError
-from query._keywords import resource_keywords, span_keyword_list
+from query._keywords import MAX_INDEXED_VALUE, resource_keywords, span_keyword_list
+
+try:  # built from query/_wire.c by the package's install (pyproject.toml)
+    from query import _wire
+except ImportError:  # a source tree without the build: the protobuf runtime path alone
+    _wire = None  # type: ignore[assignment]
 
 __all__ = [
     "PackedBlock",
     "SpanRecord",
     "pack_blocks",
+    "records_from_body",
     "records_from_request",
     "traces_data",
     "unpack_blocks",
@@ -92,6 +98,19 @@ def records_from_request(
                 )
                 del holder[:]
     return out
+
+
+def records_from_body(body: bytes, unindexed: frozenset[str] = frozenset()) -> list[SpanRecord]:
+    """`records_from_request` of a serialized, validated request. Read off the wire by
+    `query._wire` (~5x less CPU a span), which leaves unusual encodings (a field with
+    another wire type, a singular message given twice) to the protobuf runtime."""
+    if _wire is not None:
+        split: list[SpanRecord] | None = _wire.split_request(
+            body, unindexed, MAX_INDEXED_VALUE, SpanRecord
+        )
+        if split is not None:
+            return split
+    return records_from_request(ExportTraceServiceRequest.FromString(body), unindexed)
 
 
 class _Packer:
