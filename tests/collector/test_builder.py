@@ -364,7 +364,10 @@ def test_epochs_built_side_by_side_are_found_where_they_were_written(tmp_path: P
     # index must still point every trace at the blocks it was written to, also after
     # merges have moved postings of segments with different first blocks into one.
     indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
-    engine = _engine(tmp_path, SideBySide(indexer, 4096), max_epoch_entries=1)
+    # Merges start as soon as due (bound = fanout), between the epochs built ahead.
+    engine = _engine(
+        tmp_path, SideBySide(indexer, 4096), max_epoch_entries=1, merge_backlog_segments=2
+    )
     traces = [os.urandom(16) for _ in range(9)]
     for i, trace in enumerate(traces):
         body = request(30, f"svc-{i % 3}", trace_id=trace).SerializeToString()
@@ -410,7 +413,8 @@ def _edb_lookup(engine: IngestEngine) -> Any:
 def test_epochs_go_on_while_a_merge_is_being_built(tmp_path: Path) -> None:
     indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
     held = HeldBuilder(InlineBuilder(indexer, 4096))
-    engine = _engine(tmp_path, held, max_epoch_entries=1)
+    # Merges start as soon as due (bound = fanout), backlog or not.
+    engine = _engine(tmp_path, held, max_epoch_entries=1, merge_backlog_segments=2)
     _ingest(engine, 6)
     for _ in range(4):
         assert engine.drain_once() is not None
@@ -426,6 +430,81 @@ def test_epochs_go_on_while_a_merge_is_being_built(tmp_path: Path) -> None:
     engine.drain_all()
     assert sorted(_stored(engine).values()) == [1] * 180
     _assert_index_consistent(engine)
+
+
+class MergeRecording(InlineBuilder):
+    """Inline work that records the levels of each group it is asked to merge."""
+
+    def __init__(self, indexer: Indexer) -> None:
+        super().__init__(indexer, 4096)
+        self.merges: list[tuple[int, ...]] = []
+
+    def merge(
+        self, seg_id: int, group: Sequence[Segment], rows: Sequence[EdbRow]
+    ) -> Future[tuple[Segment, list[EdbRow]]]:
+        self.merges.append(tuple(s.level for s in group))
+        return super().merge(seg_id, group, rows)
+
+
+def _ingest_traces(engine: IngestEngine, count: int, spans: int = 30) -> list[bytes]:
+    traces = [os.urandom(16) for _ in range(count)]
+    for i, trace in enumerate(traces):
+        body = request(spans, f"svc-{i % 3}", trace_id=trace).SerializeToString()
+        assert engine.ingest([(PROTOBUF, body)])[0].ok
+    return traces
+
+
+def test_merges_wait_while_the_journal_has_a_backlog_then_compact_it(tmp_path: Path) -> None:
+    # A merge takes a builder from the epochs draining a burst: it waits for the journal.
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    builder = MergeRecording(indexer)
+    engine = _engine(tmp_path, builder, max_epoch_entries=1)  # bound: 4 x fanout = 8
+    traces = _ingest_traces(engine, 6)
+    for _ in range(5):
+        assert engine.drain_once() is not None
+        assert engine.journal_depth() > 0
+    assert builder.merges == []  # two were due since the second epoch
+    assert [s.level for s in engine.index.segments] == [0] * 5
+    assert engine.drain_all() == 1  # the last epoch; merges run once the journal is empty
+    assert engine.journal_depth() == 0
+    assert 1 in {s.level for s in engine.index.segments}
+    while engine.maintain():
+        pass
+    assert sorted(s.level for s in engine.index.segments) == [1, 2]  # 6 = 4 + 2 epochs
+    _assert_found(engine, indexer, traces, 30)
+
+
+def test_merges_start_during_a_backlog_once_the_index_holds_the_bound(tmp_path: Path) -> None:
+    # Sustained overload still merges: a query never reads more than about the bound.
+    indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
+    builder = MergeRecording(indexer)
+    engine = _engine(tmp_path, builder, max_epoch_entries=1, merge_backlog_segments=5)
+    traces = _ingest_traces(engine, 12)
+    for _ in range(4):
+        assert engine.drain_once() is not None
+    assert builder.merges == []
+    assert engine.drain_once() is not None
+    assert engine.journal_depth() > 0
+    assert builder.merges == [(0, 0)]  # the fifth segment started one
+    counts = []
+    while engine.journal_depth() > 0:
+        assert engine.drain_once() is not None
+        counts.append(len(engine.index.segments))
+    assert max(counts) <= 5
+    assert len(builder.merges) > 1  # and went on merging
+    engine.drain_all()
+    _assert_found(engine, indexer, traces, 30)
+
+
+def test_the_merge_backlog_bound_is_at_least_the_fanout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"at least the index fanout \(2\), got 1"):
+        _engine(tmp_path, merge_backlog_segments=1)
+    # The default is four groups (4 x fanout): merges wait up to 8 segments here.
+    engine = _engine(tmp_path, max_epoch_entries=1)
+    _ingest(engine, 9)
+    for _ in range(8):
+        assert engine.drain_once() is not None
+    assert sorted(s.level for s in engine.index.segments) == [0] * 6 + [1]
 
 
 @pytest.fixture(autouse=True)
