@@ -143,7 +143,7 @@ class IngestEngine:
         if merge_backlog_segments is None:
             merge_backlog_segments = 4 * indexer.fanout
         if merge_backlog_segments < indexer.fanout:
-            raise ValueError(
+            raise ConfigError(
                 "merge_backlog_segments must be at least the index fanout "
                 f"({indexer.fanout}), got {merge_backlog_segments}: a merge takes that "
                 "many segments"

@@ -24,7 +24,7 @@ from collector._ingest import IngestEngine
 from collector._journal import Journal
 from oram_store import OramParams, PathOram, SqlBucketStore
 from otrace.bench._loadgen import build_requests
-from otrace.errors import IntegrityError, StorageError
+from otrace.errors import ConfigError, IntegrityError, StorageError
 from query import (
     EdbCodec,
     EdbRow,
@@ -497,7 +497,7 @@ def test_merges_start_during_a_backlog_once_the_index_holds_the_bound(tmp_path: 
 
 
 def test_the_merge_backlog_bound_is_at_least_the_fanout(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"at least the index fanout \(2\), got 1"):
+    with pytest.raises(ConfigError, match=r"at least the index fanout \(2\), got 1"):
         _engine(tmp_path, merge_backlog_segments=1)
     # The default is four groups (4 x fanout): merges wait up to 8 segments here.
     engine = _engine(tmp_path, max_epoch_entries=1)
