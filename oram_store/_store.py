@@ -9,9 +9,10 @@ it reads back.
 from __future__ import annotations
 
 import itertools
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from oram_store._checkpoint import WRITER_PAGES, WalCheckpointer
 from otrace.errors import StorageError
 
 __all__ = ["BucketStore", "SqlBucketStore", "StateRecord", "TreeTransaction"]
@@ -231,6 +233,8 @@ class SqlBucketStore(BucketStore):
         )
         self.engine = engine
         self.dialect = engine.dialect.name
+        # SQLite files are checkpointed beside the writer (`_checkpoint.py`).
+        self._checkpointer: WalCheckpointer | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(engine, synchronous)
         elif self.dialect != "postgresql":
@@ -273,6 +277,11 @@ class SqlBucketStore(BucketStore):
             self._metadata.create_all(engine, tables=tables)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open store {engine.url!r}: {exc}") from exc
+        database = engine.url.database if self.dialect == "sqlite" else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            self._checkpointer = WalCheckpointer(database)
+            # A store dropped without `close` does not leave its thread behind.
+            weakref.finalize(self, self._checkpointer.stop)
 
     def bucket_table(self, tree_id: str) -> sa.Table:
         table = self._buckets.get(tree_id)
@@ -351,6 +360,10 @@ class SqlBucketStore(BucketStore):
         # table are not journaled in rollback mode, so loading in TRUNCATE mode
         # writes the tree about once, and a crash still rolls back cleanly.
         # Switching modes needs the only connection: drop the pooled ones first.
+        with self._checkpointer.paused() if self._checkpointer else nullcontext():
+            self._bulk_insert_alone(table, rows)
+
+    def _bulk_insert_alone(self, table: sa.Table, rows: Iterator[tuple[int, int, bytes]]) -> None:
         self.engine.dispose()
         raw: Any = self.engine.raw_connection()
         try:
@@ -384,6 +397,8 @@ class SqlBucketStore(BucketStore):
                 yield _SqlTreeTransaction(self, conn, tree_id)
         except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
             raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc
+        if self._checkpointer is not None:
+            self._checkpointer.wake()
 
     def drop_tree(self, tree_id: str) -> None:
         self.bucket_table(tree_id).drop(self.engine, checkfirst=True)
@@ -392,6 +407,8 @@ class SqlBucketStore(BucketStore):
                 conn.execute(table.delete().where(table.c.tree_id == tree_id))
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
 
 
@@ -410,6 +427,9 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=10000")
+        # The store's own thread copies most pages (`WalCheckpointer`); the writer's
+        # checkpoint copies the rest and restarts the log.
+        cur.execute(f"PRAGMA wal_autocheckpoint={WRITER_PAGES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
