@@ -7,12 +7,14 @@
  * request's bytes are walked once and only the outputs become Python objects.
  *
  * `split_request(body, skip, max_value, record)` returns a list of `record`
- * (query._blocks.SpanRecord) instances, one per span, or None when the request uses an encoding this walker leaves to the protobuf
- * runtime: a wire type other than the schema's for a known field, a group, a
- * singular message (resource, scope, status, a value) given twice, or text that is
- * not UTF-8. The caller then takes the runtime path (`records_from_request`), so
- * both paths agree by construction where this one answers; tests/query/
- * test_wire.py checks that they give the same records and keywords.
+ * (query._blocks.SpanRecord) instances, one per span, or None when the request uses
+ * an encoding this walker leaves to the protobuf runtime: a wire type other than the
+ * schema's for a known field, a group, a singular message (resource, scope, status, a
+ * value) given twice, an attribute value with a field this walker does not know, or
+ * text that is not UTF-8. The caller then takes the runtime path
+ * (`records_from_request`), so both paths agree by construction where this one
+ * answers; tests/query/test_wire.py checks that they give the same records and
+ * keywords.
  *
  * Keywords follow query/_keywords.py exactly: the resource's `svc:` and `attr:`
  * words, then `name:`, `trace:`, `status:`, `kind:`, the span's `attr:` words (scalar
@@ -181,7 +183,8 @@ static Py_ssize_t code_points(const uint8_t *data, Py_ssize_t len) {
 }
 
 /* A KeyValue's key and its value as `render_value` gives it. `which` is the AnyValue
- * member set last (0: none); scalar members set `rendered`. OK or FALLBACK. */
+ * member set last (0: none): `string` holds a string_value, `scalar` the bits of a
+ * bool, int or double. */
 typedef struct {
     Slice key;
     int which;
@@ -189,6 +192,9 @@ typedef struct {
     uint64_t scalar;
 } Attribute;
 
+/* OK or FALLBACK. A field number past bytes_value (7) is a oneof member in newer
+ * schemas (string_value_strindex, 8) and unknown in older ones: which member is set
+ * last then depends on the runtime's schema, so the runtime decides. */
 static int read_any_value(Slice raw, Attribute *a) {
     Cursor c = {raw.data, raw.data + raw.len};
     Field f;
@@ -199,7 +205,7 @@ static int read_any_value(Slice raw, Attribute *a) {
         case 1: case 5: case 6: case 7: expected = 2; break;
         case 2: case 3: expected = 0; break;
         case 4: expected = 1; break;
-        default: continue; /* unknown fields */
+        default: return FALLBACK;
         }
         if (f.type != expected) return FALLBACK;
         a->which = (int)f.number;
