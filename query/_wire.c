@@ -292,13 +292,13 @@ static PyObject *attribute_word(State *s, const Attribute *a, int *why) {
             *why = ERROR;
             return NULL;
         }
-        if (len > s->max_value) {
-            Py_DECREF(repr);
-            return Py_None;
-        }
         break;
     }
     default:
+        return Py_None;
+    }
+    if (a->which != 1 && len > s->max_value) { /* ASCII: a byte a code point */
+        Py_XDECREF(repr);
         return Py_None;
     }
     Py_ssize_t need = 5 + a->key.len + 1 + len;

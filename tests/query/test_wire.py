@@ -319,3 +319,33 @@ def test_an_attribute_value_member_the_splitter_does_not_know_is_left_to_the_run
         assert_same(got, reference(body), same_bytes=False)
     assert_same(records_from_body(body), reference(body), same_bytes=False)
 
+
+def test_max_value_bounds_every_rendered_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    import query._keywords
+
+    monkeypatch.setattr(query._keywords, "MAX_INDEXED_VALUE", 4)
+    kvs = [
+        KeyValue(key="s", value=AnyValue(string_value="ab€d")),  # 4 code points, 6 bytes
+        KeyValue(key="s", value=AnyValue(string_value="abcde")),
+        KeyValue(key="i", value=AnyValue(int_value=1234)),
+        KeyValue(key="i", value=AnyValue(int_value=-1234)),
+        KeyValue(key="b", value=AnyValue(bool_value=True)),
+        KeyValue(key="b", value=AnyValue(bool_value=False)),
+        KeyValue(key="d", value=AnyValue(double_value=0.5)),
+        KeyValue(key="d", value=AnyValue(double_value=0.125)),
+    ]
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=TRACE, span_id=SPAN, attributes=kvs
+    )
+    body = request.SerializeToString()
+    assert wire is not None
+    got = wire.split_request(body, frozenset(), 4, SpanRecord)
+    assert got is not None
+    assert_same(got, reference(body))
+    assert [w for w in got[0].keywords if w.startswith("attr:")] == [
+        "attr:s=ab€d",
+        "attr:i=1234",
+        "attr:b=true",
+        "attr:d=0.5",
+    ]
