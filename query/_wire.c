@@ -523,9 +523,13 @@ static int read_span(Slice raw, SpanFields *sf) {
 }
 
 static PyObject *FIELD_NAMES[6]; /* SpanRecord's fields, in the order set below */
+static PyObject *NO_ARGS;         /* () */
 
 /* A `record` instance (query._blocks.SpanRecord) with its slots set as the frozen
- * dataclass's own __init__ sets them (object.__setattr__), without running it. */
+ * dataclass's own __init__ sets them (object.__setattr__), without running it. The
+ * instance comes from the type's tp_new (object.__new__ for SpanRecord): tp_alloc
+ * alone leaves any other type's instance half made (`type` gave a class the
+ * collector crashed on). */
 static PyObject *new_record(State *s, const SpanFields *sf, PyObject *body, PyObject *words,
                             PyObject *service) {
     PyObject *values[6] = {
@@ -536,14 +540,16 @@ static PyObject *new_record(State *s, const SpanFields *sf, PyObject *body, PyOb
         PyLong_FromUnsignedLongLong(sf->start),
         PyTuple_Pack(2, service, s->name_str),
     };
-    PyObject *record = s->record->tp_alloc(s->record, 0);
-    int failed = record == NULL;
-    for (int i = 0; i < 6; i++) {
-        if (!failed && values[i] != NULL)
-            failed = PyObject_GenericSetAttr(record, FIELD_NAMES[i], values[i]) != 0;
-        else
-            failed = 1;
-    }
+    PyObject *record = NULL;
+    int failed = 0;
+    for (int i = 0; i < 6; i++) failed |= values[i] == NULL;
+    if (!failed && s->record->tp_new == NULL)
+        PyErr_Format(PyExc_TypeError, "cannot create '%s' instances", s->record->tp_name);
+    else if (!failed)
+        record = s->record->tp_new(s->record, NO_ARGS, NULL);
+    failed = record == NULL;
+    for (int i = 0; !failed && i < 6; i++)
+        failed = PyObject_GenericSetAttr(record, FIELD_NAMES[i], values[i]) != 0;
     for (int i = 0; i < 6; i++)
         if (i != 2 && i != 3) Py_XDECREF(values[i]);
     if (failed) {
@@ -825,5 +831,6 @@ PyMODINIT_FUNC PyInit__wire(void) {
                                     "keywords", "start_ns", "operation"};
     for (int i = 0; i < 6; i++)
         if ((FIELD_NAMES[i] = PyUnicode_InternFromString(fields[i])) == NULL) return NULL;
+    if ((NO_ARGS = PyTuple_New(0)) == NULL) return NULL;
     return PyModule_Create(&module);
 }

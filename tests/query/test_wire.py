@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
+import sys
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -349,3 +351,25 @@ def test_max_value_bounds_every_rendered_value(monkeypatch: pytest.MonkeyPatch) 
         "attr:b=true",
         "attr:d=0.5",
     ]
+
+
+def test_a_record_type_is_instantiated_through_its_own_new() -> None:
+    # In a child: a crash here must fail the test, not end the run. Only the .so is
+    # loaded (no package import) to keep it fast.
+    assert wire is not None
+    code = f"""
+import gc, importlib.machinery, importlib.util
+loader = importlib.machinery.ExtensionFileLoader("query._wire", {wire.__file__!r})
+wire = importlib.util.module_from_spec(importlib.util.spec_from_loader("query._wire", loader))
+loader.exec_module(wire)
+kept = []
+for record in (type, int, tuple):
+    try:
+        kept.append(wire.split_request({request_of(field(1, TRACE))!r}, frozenset(), 8, record))
+    except (TypeError, AttributeError):
+        pass
+gc.collect()  # a half-made instance (a class without a name) fails when walked
+print("survived")
+"""
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (child.returncode, child.stdout) == (0, "survived\n"), child.stderr[-500:]
