@@ -56,7 +56,7 @@ static int read_varint(Cursor *c, uint64_t *out) {
     uint64_t value = 0;
     for (int i = 0; i < 10 && c->p < c->end; i++) {
         uint8_t byte = *c->p++;
-        if (i == 9 && byte > 1) return 0;
+        if (i == 9 && byte > 1) return 0; /* past 64 bits: upb accepts, we decline */
         value |= (uint64_t)(byte & 0x7F) << (7 * i);
         if (byte < 0x80) {
             *out = value;
