@@ -11,9 +11,9 @@ Every span is indexed under:
 Time and duration are hierarchical: a range is covered by the coarsest units
 that fit inside it plus finer units at its edges (`time_cover`,
 `duration_cover`), so a range query is a union of a few keywords, then exact
-filtering inside the enclave. Attribute values longer than
-`MAX_INDEXED_VALUE` bytes, and attributes the operator lists as unindexed, are
-stored but not indexed.
+filtering inside the enclave. Attribute values rendered longer than
+`MAX_INDEXED_VALUE` characters (code points), and attributes the operator lists as
+unindexed, are stored but not indexed.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@
  * request's bytes are walked once and only the outputs become Python objects.
  *
  * `split_request(body, skip, max_value, record)` returns a list of `record`
- * (query._blocks.SpanRecord) instances, one per span, or None when the request uses an encoding this walker leaves to the protobuf
- * runtime: a wire type other than the schema's for a known field, a group, a
- * singular message (resource, scope, status, a value) given twice, or text that is
- * not UTF-8. The caller then takes the runtime path (`records_from_request`), so
- * both paths agree by construction where this one answers; tests/query/
- * test_wire.py checks that they give the same records and keywords.
+ * (query._blocks.SpanRecord) instances, one per span, or None when the request uses
+ * an encoding this walker leaves to the protobuf runtime: a wire type other than the
+ * schema's for a known field, a group, a singular message (resource, scope, status, a
+ * value) given twice, an attribute value with a field this walker does not know, or
+ * text that is not UTF-8. The caller then takes the runtime path
+ * (`records_from_request`), so both paths agree by construction where this one
+ * answers; tests/query/test_wire.py checks that they give the same records and
+ * keywords.
  *
  * Keywords follow query/_keywords.py exactly: the resource's `svc:` and `attr:`
  * words, then `name:`, `trace:`, `status:`, `kind:`, the span's `attr:` words (scalar
@@ -54,7 +56,7 @@ static int read_varint(Cursor *c, uint64_t *out) {
     uint64_t value = 0;
     for (int i = 0; i < 10 && c->p < c->end; i++) {
         uint8_t byte = *c->p++;
-        if (i == 9 && byte > 1) return 0;
+        if (i == 9 && byte > 1) return 0; /* past 64 bits: upb accepts, we decline */
         value |= (uint64_t)(byte & 0x7F) << (7 * i);
         if (byte < 0x80) {
             *out = value;
@@ -181,7 +183,8 @@ static Py_ssize_t code_points(const uint8_t *data, Py_ssize_t len) {
 }
 
 /* A KeyValue's key and its value as `render_value` gives it. `which` is the AnyValue
- * member set last (0: none); scalar members set `rendered`. OK or FALLBACK. */
+ * member set last (0: none): `string` holds a string_value, `scalar` the bits of a
+ * bool, int or double. */
 typedef struct {
     Slice key;
     int which;
@@ -189,6 +192,9 @@ typedef struct {
     uint64_t scalar;
 } Attribute;
 
+/* OK or FALLBACK. A field number past bytes_value (7) is a oneof member in newer
+ * schemas (string_value_strindex, 8) and unknown in older ones: which member is set
+ * last then depends on the runtime's schema, so the runtime decides. */
 static int read_any_value(Slice raw, Attribute *a) {
     Cursor c = {raw.data, raw.data + raw.len};
     Field f;
@@ -199,7 +205,7 @@ static int read_any_value(Slice raw, Attribute *a) {
         case 1: case 5: case 6: case 7: expected = 2; break;
         case 2: case 3: expected = 0; break;
         case 4: expected = 1; break;
-        default: continue; /* unknown fields */
+        default: return FALLBACK;
         }
         if (f.type != expected) return FALLBACK;
         a->which = (int)f.number;
@@ -286,13 +292,13 @@ static PyObject *attribute_word(State *s, const Attribute *a, int *why) {
             *why = ERROR;
             return NULL;
         }
-        if (len > s->max_value) {
-            Py_DECREF(repr);
-            return Py_None;
-        }
         break;
     }
     default:
+        return Py_None;
+    }
+    if (a->which != 1 && len > s->max_value) { /* ASCII: a byte a code point */
+        Py_XDECREF(repr);
         return Py_None;
     }
     Py_ssize_t need = 5 + a->key.len + 1 + len;
@@ -517,9 +523,13 @@ static int read_span(Slice raw, SpanFields *sf) {
 }
 
 static PyObject *FIELD_NAMES[6]; /* SpanRecord's fields, in the order set below */
+static PyObject *NO_ARGS;         /* () */
 
 /* A `record` instance (query._blocks.SpanRecord) with its slots set as the frozen
- * dataclass's own __init__ sets them (object.__setattr__), without running it. */
+ * dataclass's own __init__ sets them (object.__setattr__), without running it. The
+ * instance comes from the type's tp_new (object.__new__ for SpanRecord): tp_alloc
+ * alone leaves any other type's instance half made (`type` gave a class the
+ * collector crashed on). */
 static PyObject *new_record(State *s, const SpanFields *sf, PyObject *body, PyObject *words,
                             PyObject *service) {
     PyObject *values[6] = {
@@ -530,14 +540,16 @@ static PyObject *new_record(State *s, const SpanFields *sf, PyObject *body, PyOb
         PyLong_FromUnsignedLongLong(sf->start),
         PyTuple_Pack(2, service, s->name_str),
     };
-    PyObject *record = s->record->tp_alloc(s->record, 0);
-    int failed = record == NULL;
-    for (int i = 0; i < 6; i++) {
-        if (!failed && values[i] != NULL)
-            failed = PyObject_GenericSetAttr(record, FIELD_NAMES[i], values[i]) != 0;
-        else
-            failed = 1;
-    }
+    PyObject *record = NULL;
+    int failed = 0;
+    for (int i = 0; i < 6; i++) failed |= values[i] == NULL;
+    if (!failed && s->record->tp_new == NULL)
+        PyErr_Format(PyExc_TypeError, "cannot create '%s' instances", s->record->tp_name);
+    else if (!failed)
+        record = s->record->tp_new(s->record, NO_ARGS, NULL);
+    failed = record == NULL;
+    for (int i = 0; !failed && i < 6; i++)
+        failed = PyObject_GenericSetAttr(record, FIELD_NAMES[i], values[i]) != 0;
     for (int i = 0; i < 6; i++)
         if (i != 2 && i != 3) Py_XDECREF(values[i]);
     if (failed) {
@@ -819,5 +831,6 @@ PyMODINIT_FUNC PyInit__wire(void) {
                                     "keywords", "start_ns", "operation"};
     for (int i = 0; i < 6; i++)
         if ((FIELD_NAMES[i] = PyUnicode_InternFromString(fields[i])) == NULL) return NULL;
+    if ((NO_ARGS = PyTuple_New(0)) == NULL) return NULL;
     return PyModule_Create(&module);
 }
