@@ -637,27 +637,33 @@ static int span_record(State *s, PyObject *out, Slice raw, PyObject *shared,
     return failed ? ERROR : OK;
 }
 
-static int scope_spans(State *s, PyObject *out, Slice raw, PyObject *shared,
-                       PyObject *service, Slice resource, Slice rs_schema) {
+/* A ResourceSpans or a ScopeSpans, which share a shape: its singular message (1:
+ * resource or scope) and schema_url (3), read before its repeated field 2, which they
+ * may follow on the wire. OK or FALLBACK. */
+static int read_envelope(Slice raw, Slice *head, Slice *schema) {
     Cursor c = {raw.data, raw.data + raw.len};
     Field f;
-    int r, scopes = 0;
-    Slice scope = {raw.data, 0}, schema = {raw.data, 0};
-    while ((r = next_field(&c, &f)) == 1) { /* the scope and schema first: they may follow */
+    int r, heads = 0;
+    *head = *schema = (Slice){raw.data, 0};
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number > 3) continue;
+        if (f.type != 2) return FALLBACK;
         if (f.number == 1) {
-            if (f.type != 2 || ++scopes > 1) return FALLBACK;
-            scope.data = f.data;
-            scope.len = f.len;
-        } else if (f.number == 2 && f.type != 2) {
-            return FALLBACK;
+            if (++heads > 1) return FALLBACK; /* merged twice: the runtime's */
+            *head = (Slice){f.data, f.len};
         } else if (f.number == 3) {
-            if (f.type != 2) return FALLBACK;
-            schema.data = f.data;
-            schema.len = f.len;
+            *schema = (Slice){f.data, f.len};
         }
     }
-    if (r != 0) return FALLBACK;
-    c.p = raw.data;
+    return r == 0 ? OK : FALLBACK;
+}
+
+static int scope_spans(State *s, PyObject *out, Slice raw, PyObject *shared,
+                       PyObject *service, Slice resource, Slice rs_schema) {
+    Slice scope, schema;
+    if (read_envelope(raw, &scope, &schema) != OK) return FALLBACK;
+    Cursor c = {raw.data, raw.data + raw.len};
+    Field f;
     while (next_field(&c, &f) == 1) {
         if (f.number != 2) continue;
         Slice span = {f.data, f.len};
@@ -669,24 +675,11 @@ static int scope_spans(State *s, PyObject *out, Slice raw, PyObject *shared,
 }
 
 static int resource_spans(State *s, PyObject *out, Slice raw) {
+    Slice resource, schema;
+    if (read_envelope(raw, &resource, &schema) != OK) return FALLBACK;
     Cursor c = {raw.data, raw.data + raw.len};
     Field f;
-    int r, resources = 0, why = OK;
-    Slice resource = {raw.data, 0}, schema = {raw.data, 0};
-    while ((r = next_field(&c, &f)) == 1) {
-        if (f.number == 1) {
-            if (f.type != 2 || ++resources > 1) return FALLBACK;
-            resource.data = f.data;
-            resource.len = f.len;
-        } else if (f.number == 2 && f.type != 2) {
-            return FALLBACK;
-        } else if (f.number == 3) {
-            if (f.type != 2) return FALLBACK;
-            schema.data = f.data;
-            schema.len = f.len;
-        }
-    }
-    if (r != 0) return FALLBACK;
+    int why = OK;
     PyObject *attrs = PyList_New(0);
     if (attrs == NULL) return ERROR;
     Slice name = {NULL, 0};
