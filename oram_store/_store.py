@@ -128,6 +128,7 @@ class _SqlTreeTransaction(TreeTransaction):
         # an ingest batch. They still pass through the engine's cursor events, which the
         # leakage tests use to see every statement the storage receives.
         self._sqlite_table = store.bucket_table(tree_id).name if store.dialect == "sqlite" else None
+        self._checkpointer = store._checkpointer
         # The two state statements every batch runs go straight to the driver:
         # SQLAlchemy's execution path costs ~80 us each, the driver ~10 us.
         self._latest_sql, self._append_sql = store.state_sql
@@ -153,6 +154,8 @@ class _SqlTreeTransaction(TreeTransaction):
         if not rows:
             return
         if self._sqlite_table is not None:
+            if self._checkpointer is not None:
+                self._checkpointer.written(len(rows))
             sql = f'UPDATE "{self._sqlite_table}" SET version = ?, blob = ? WHERE idx = ?'
             updated = self._conn.exec_driver_sql(sql, [(v, b, i) for i, v, b in rows]).rowcount
         else:
@@ -398,7 +401,7 @@ class SqlBucketStore(BucketStore):
         except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
             raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc
         if self._checkpointer is not None:
-            self._checkpointer.wake()
+            self._checkpointer.committed()
 
     def drop_tree(self, tree_id: str) -> None:
         self.bucket_table(tree_id).drop(self.engine, checkfirst=True)
