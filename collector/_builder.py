@@ -23,6 +23,7 @@ import abc
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -212,6 +213,8 @@ def _start_child(
     index_key: bytes, edb_key: bytes, block_size: int, unindexed: frozenset[str], parent: int
 ) -> None:
     global _child
+    # Stopped by the enclave (or `_exit_with`), not by the terminal's Ctrl-C to the group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _child = (Indexer(index_key, EdbCodec(edb_key)), block_size, unindexed)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     # Builders run ahead of the writer; the enclave's own thread acknowledges Exports

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import queue
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
@@ -186,6 +187,9 @@ def _error_from(reply: Any, what: str) -> OTraceError:
 
 def _enclave_main(conns: list[Connection], entry: str, init: bytes) -> None:
     """The enclave process: build the ecall table, then serve each pipe until it closes."""
+    # A terminal's Ctrl-C reaches the host's whole process group; the host stops the
+    # enclave in order (it closes the pipes), so the signal is not this process's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     first = conns[0]
     try:
         table = _load_table(entry, init)

@@ -93,3 +93,25 @@ def test_acknowledged_spans_survive_sigkill_exactly_once(tmp_path: Path, kills: 
     for name in acked:
         assert services[name] == 4, f"{name}: {services[name]} of 4 acknowledged spans stored"
     assert all(count == 4 for count in services.values()), "a request was stored twice or torn"
+
+
+def test_ctrl_c_stops_the_node_in_order_without_tracebacks(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group (host, enclave, builders):
+    only the host acts on it and stops the others in order, so nothing prints a
+    KeyboardInterrupt and every acknowledged span is stored."""
+    proc, port = _start_server(tmp_path)
+    acked = []
+    for i in range(20):
+        grpc_export(port, request(4, f"req{i}").SerializeToString())
+        acked.append(f"req{i}")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    node = Node(node_settings(tmp_path, epoch_ms=200))
+    node.start()
+    try:
+        services = collections.Counter(s[4] for s in spans_of(stored(node)))
+    finally:
+        node.stop()
+    assert all(services[name] == 4 for name in acked)
