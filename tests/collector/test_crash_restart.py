@@ -68,6 +68,16 @@ def _send_until(port: int, stop: threading.Event, acked: list[str], counter: lis
             return  # the server died under us: the request may or may not have landed
 
 
+def _stored_services(tmp_path: Path) -> collections.Counter[str]:
+    """Restarts a node on the same data and counts the stored spans per request name."""
+    node = Node(node_settings(tmp_path, epoch_ms=200))
+    node.start()
+    try:
+        return collections.Counter(s[4] for s in spans_of(stored(node)))
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("kills", [int(os.environ.get("OTRACE_INGEST_KILLS", "4"))])
 def test_acknowledged_spans_survive_sigkill_exactly_once(tmp_path: Path, kills: int) -> None:
     rnd = random.Random(7)
@@ -84,12 +94,7 @@ def test_acknowledged_spans_survive_sigkill_exactly_once(tmp_path: Path, kills: 
         stop.set()
         sender.join()
     assert len(acked) > kills  # work was really in flight
-    node = Node(node_settings(tmp_path, epoch_ms=200))
-    node.start()
-    try:
-        services = collections.Counter(s[4] for s in spans_of(stored(node)))
-    finally:
-        node.stop()
+    services = _stored_services(tmp_path)
     for name in acked:
         assert services[name] == 4, f"{name}: {services[name]} of 4 acknowledged spans stored"
     assert all(count == 4 for count in services.values()), "a request was stored twice or torn"
@@ -108,10 +113,5 @@ def test_ctrl_c_stops_the_node_in_order_without_tracebacks(tmp_path: Path) -> No
     assert proc.wait(timeout=60) == 0
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
-    node = Node(node_settings(tmp_path, epoch_ms=200))
-    node.start()
-    try:
-        services = collections.Counter(s[4] for s in spans_of(stored(node)))
-    finally:
-        node.stop()
+    services = _stored_services(tmp_path)
     assert all(services[name] == 4 for name in acked)
