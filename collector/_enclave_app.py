@@ -37,7 +37,7 @@ from collector._builder import ProcessBuilder
 from collector._epochs import EpochThread
 from collector._ingest import BlockDevice, IngestEngine
 from collector._journal import Journal
-from oram_store import DirectBlockStore, OramParams, PathOram, SqlBucketStore
+from oram_store import DEFAULT_BLOCK_SIZE, DirectBlockStore, OramParams, PathOram, SqlBucketStore
 from otrace.errors import ConfigError, InvalidRequest
 from query import EdbCodec, EdbRow, EdbTable, Indexer, QueryBudget, QueryExecutor, QuerySessions
 from tee import (
@@ -79,7 +79,7 @@ class EnclaveConfig:
     kms_key: bytes
     storage: str = "oram"
     blocks: int = 1 << 16
-    block_size: int = 4096
+    block_size: int = 0  # 0: DEFAULT_BLOCK_SIZE for a new tree, any for an existing one
     batch: int = 32
     cache_levels: int = 8
     build_workers: int = 2
@@ -219,21 +219,24 @@ def open_device(
     *,
     store: SqlBucketStore | None = None,
 ) -> BlockDevice:
-    """Opens the tree, or creates it on first start; refuses changed geometry."""
+    """Opens the tree, or creates it on first start; refuses changed geometry. An unset
+    block size (0) is DEFAULT_BLOCK_SIZE for a new tree and the tree's own otherwise, so
+    a store made before the default changed (4096 B) still opens."""
     store = store or SqlBucketStore(config.store_url)
     kind: Any = PathOram if config.storage == "oram" else DirectBlockStore
     extra = {"cache_levels": config.cache_levels} if config.storage == "oram" else {}
     if store.load_meta(TREE_ID) is None:
-        params = OramParams(
-            TREE_ID, blocks=config.blocks, block_size=config.block_size, batch_size=config.batch
-        )
+        size = config.block_size or DEFAULT_BLOCK_SIZE
+        params = OramParams(TREE_ID, blocks=config.blocks, block_size=size, batch_size=config.batch)
         device = kind.create(store, params, key=key, sealer=sealer, counter=counter, **extra)
     else:
         device = kind.open(store, TREE_ID, key=key, sealer=sealer, counter=counter, **extra)
-    if (device.params.blocks, device.params.block_size) != (config.blocks, config.block_size):
+    held = device.params
+    size = config.block_size or held.block_size
+    if (held.blocks, held.block_size) != (config.blocks, size):
         raise ConfigError(
-            f"the store holds {device.params.blocks} blocks of {device.params.block_size} B, "
-            f"but {config.blocks} of {config.block_size} B were asked for: "
+            f"the store holds {held.blocks} blocks of {held.block_size} B, "
+            f"but {config.blocks} of {size} B were asked for: "
             "keep the settings the data directory was created with"
         )
     return device  # type: ignore[no-any-return]

@@ -16,11 +16,12 @@ from oram_store._codec import Bucket, BucketCodec
 from oram_store._direct import DirectBlockStore
 from oram_store._eviction import path_nodes
 from oram_store._oram import OramStats, PathOram, Read, TransactionHook, Write
-from oram_store._params import OramParams
+from oram_store._params import DEFAULT_BLOCK_SIZE, OramParams
 from oram_store._state import FreshnessCounter, StateSealer
 from oram_store._store import BucketStore, SqlBucketStore, StateRecord, TreeTransaction
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "AuditReport",
     "Bucket",
     "BucketCodec",

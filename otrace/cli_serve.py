@@ -41,7 +41,12 @@ __all__ = ["serve"]
     help="Emulated platform directory (keys, counters, embedded KMS). [~/.otrace/platform]",
 )
 @click.option("--oram-blocks", type=int, help="ORAM capacity in blocks, fixed at creation. [65536]")
-@click.option("--block-size", type=int, help="Block size in bytes, fixed at creation. [4096]")
+@click.option(
+    "--block-size",
+    type=int,
+    help="Block size in bytes, fixed at creation. [4048 for a new store; an existing "
+    "store keeps its own]",
+)
 @click.option("--epoch", "epoch_ms", help="Epoch period, e.g. 200ms. [200ms]")
 @click.option("--retention", help="How long spans stay searchable, e.g. 7d, 12h. [7d]")
 @click.option(

@@ -36,7 +36,9 @@ class Settings:
     max_request_bytes: int = 16 << 20
     epoch_ms: int = 200
     oram_blocks: int = 1 << 16
-    block_size: int = 4096
+    # 0: 4048 B (oram_store.DEFAULT_BLOCK_SIZE) for a new store; an existing store keeps
+    # the size it was created with. A value other than 0 must match an existing store.
+    block_size: int = 0
     oram_batch: int = 32
     cache_levels: int = 8
     # Epoch builder processes (parse, keywords, packing, index segments, merges) beside the

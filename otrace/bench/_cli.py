@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from oram_store import DEFAULT_BLOCK_SIZE
 from otrace.bench.oram import OramBenchConfig, OramBenchReport, run_oram_bench
 
 __all__ = ["bench"]
@@ -96,7 +97,9 @@ _register()
 
 @bench.command("oram", help=_ORAM_HELP)
 @click.option("--blocks", default=1 << 16, show_default=True, help="N: blocks in the ORAM.")
-@click.option("--block-size", default=4096, show_default=True, help="B: bytes per block.")
+@click.option(
+    "--block-size", default=DEFAULT_BLOCK_SIZE, show_default=True, help="B: bytes per block."
+)
 @click.option("--accesses", default=2000, show_default=True, help="A: accesses per variant.")
 @click.option("--batch", default=64, show_default=True, help="K: distinct blocks per batch.")
 @click.option("--cache-levels", default=6, show_default=True, help="C: top tree levels cached.")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oram_store import (
+    DEFAULT_BLOCK_SIZE,
     OramParams,
     PathOram,
     Read,
@@ -74,7 +75,7 @@ class OramBenchConfig:
     """What to measure: geometry, workload size, batch size, and whether to include PyORAM."""
 
     blocks: int = 1 << 16
-    block_size: int = 4096
+    block_size: int = DEFAULT_BLOCK_SIZE
     accesses: int = 2000
     batch: int = 64
     cache_levels: int = 6
