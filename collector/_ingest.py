@@ -35,10 +35,12 @@ from typing import Any, Protocol
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder
+from collector._ingest_state import IngestState, decode_state, encode_state
+from collector._intake import IngestOutcome, journal_requests
 from collector._journal import Journal
-from collector._otlp import PROTOBUF, Limits, decode_request, validate
+from collector._otlp import Limits
 from oram_store import OramParams, Read, TransactionHook, TreeTransaction, Write
-from otrace.errors import ConfigError, IntegrityError, InvalidRequest
+from otrace.errors import ConfigError, IntegrityError
 from query import (
     EdbRow,
     EdbTable,
@@ -54,14 +56,7 @@ from query import (
 )
 from tee import StateSealer
 
-__all__ = [
-    "BlockDevice",
-    "EpochReport",
-    "IngestEngine",
-    "IngestOutcome",
-    "IngestState",
-    "journal_requests",
-]
+__all__ = ["BlockDevice", "EpochReport", "IngestEngine"]
 
 _STATE = "ingest"
 _INDEX = "index"
@@ -86,29 +81,6 @@ class BlockDevice(Protocol):
         in_transaction: TransactionHook | None = None,
         paths: int | None = None,
     ) -> list[bytes | None]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class IngestOutcome:
-    """The answer to one Export: accepted, or refused with a reason."""
-
-    ok: bool
-    accepted: int = 0
-    rejected: int = 0
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class IngestState:
-    """Sealed beside the blocks: what of the journal is in the device, and where next."""
-
-    watermark: int = 0
-    next_block: int = 0  # blocks ever allocated; the ring position is this mod capacity
-    epochs: int = 0
-    spans: int = 0
-    pending: tuple[int, int, int, int] | None = None  # first, last entry, blocks done, base
-    index_gen: int = 0  # which sealed index state belongs to this commit ...
-    index_digest: bytes = bytes(32)  # ... and its SHA-256
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,7 +445,7 @@ class IngestEngine:
                 new = replace(state, index_gen=gen, index_digest=hashlib.sha256(blob).digest())
             else:
                 new = state
-            txn.write_aux(_STATE, self._sealer.seal(_encode(new), self._context(seq)))
+            txn.write_aux(_STATE, self._sealer.seal(encode_state(new), self._context(seq)))
             done.append((new, index))
 
         return save
@@ -530,7 +502,7 @@ class IngestEngine:
                 "the sealed ingest state does not belong to the stored ORAM commit "
                 "(tampered or rolled back separately)"
             ) from None
-        return _decode(plain)
+        return decode_state(plain)
 
 
 def _up_to_bytes(entries: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
@@ -541,67 +513,3 @@ def _up_to_bytes(entries: list[tuple[int, bytes]], limit: int) -> list[tuple[int
         if total > limit and i:
             return entries[:i]
     return entries
-
-
-def journal_requests(
-    journal: Journal, items: Sequence[tuple[str, bytes]], limits: Limits
-) -> list[IngestOutcome]:
-    """Validates each request and journals the valid spans of all of them in one commit.
-
-    Needs no block device: replicas that do not lead the term ingest with this alone.
-    """
-    outcomes: list[IngestOutcome] = []
-    payloads: list[bytes] = []
-    for content_type, body in items:
-        try:
-            request = decode_request(body, content_type)
-        except InvalidRequest as exc:
-            outcomes.append(IngestOutcome(False, message=str(exc)))
-            continue
-        checked = validate(request, limits)
-        if checked.accepted:
-            untouched = checked.rejected == 0 and content_type == PROTOBUF
-            payloads.append(body if untouched else checked.request.SerializeToString())
-        outcomes.append(IngestOutcome(True, checked.accepted, checked.rejected, checked.reason))
-    if payloads:
-        journal.append(payloads)
-    return outcomes
-
-
-# Fixed size, so counters never show in the row length; the version refuses older layouts.
-_STATE_LAYOUT = struct.Struct("<BQQQQBQQQQQ32s")
-_STATE_VERSION = 2
-
-
-def _encode(state: IngestState) -> bytes:
-    pending = state.pending or (0, 0, 0, 0)
-    return _STATE_LAYOUT.pack(
-        _STATE_VERSION,
-        state.watermark,
-        state.next_block,
-        state.epochs,
-        state.spans,
-        state.pending is not None,
-        *pending,
-        state.index_gen,
-        state.index_digest,
-    )
-
-
-def _decode(raw: bytes) -> IngestState:
-    if len(raw) != _STATE_LAYOUT.size or raw[0] != _STATE_VERSION:
-        raise ConfigError(
-            "the data directory was written by an older otrace (ingest state layout "
-            "changed); move it aside and start afresh"
-        )
-    _, watermark, next_block, epochs, spans, has_pending, *rest = _STATE_LAYOUT.unpack(raw)
-    first, last, done, base, index_gen, index_digest = rest
-    return IngestState(
-        watermark,
-        next_block,
-        epochs,
-        spans,
-        (first, last, done, base) if has_pending else None,
-        index_gen,
-        index_digest,
-    )

@@ -45,7 +45,8 @@ from collector._enclave_app import (
     prioritise_ecalls,
     query_ecalls,
 )
-from collector._ingest import IngestEngine, journal_requests
+from collector._ingest import IngestEngine
+from collector._intake import journal_requests
 from collector._journal import Journal
 from collector._otlp import Limits
 from collector._replica import LeaderSource, ReplicaRuntime, ReplicaTiming
