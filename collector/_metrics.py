@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import cbor2
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -16,6 +20,9 @@ from otrace.errors import ConfigError, OTraceError
 __all__ = ["MetricsServer"]
 
 _EPOCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# How often the serving thread looks for a stop request, so how long `stop` can wait
+# (prometheus_client's `start_http_server` polls every 0.5 s, and every node stop waited).
+_STOP_POLL_S = 0.05
 
 
 class _NodeCollector(Collector):
@@ -87,11 +94,38 @@ class MetricsServer:
         self.registry.register(_NodeCollector(committer, lambda: cbor2.loads(ecall("stats", b""))))
         host, _, port = address.rpartition(":")
         try:
-            self._server, self._thread = start_http_server(int(port), host, self.registry)
+            self._server = _HttpServer(host, int(port))
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {address}: {exc}") from None
+        self._server.set_app(make_wsgi_app(self.registry))
         self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(_STOP_POLL_S,),
+            name="otrace-metrics",
+            daemon=True,
+        )
+        self._thread.start()
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+class _HttpServer(ThreadingMixIn, WSGIServer):
+    """A thread per scrape, on an IPv4 or IPv6 address (as `start_http_server` binds)."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int) -> None:
+        info = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = info[0]
+        self.address_family = family
+        super().__init__((str(sockaddr[0]), port), _QuietHandler)

@@ -32,8 +32,14 @@ def _check(config: SoakConfig) -> dict[str, object]:
     return figures
 
 
-def test_ten_kills_lose_no_acknowledged_span(tmp_path: Path) -> None:
-    _check(SoakConfig(root=tmp_path, kills=10, rate=40, max_gap_s=1.0))
+# CI kills 4 times (two kills within 0.5 s of the load flowing again, two later); the
+# 10-kill run is the one docs/RELIABILITY.md quotes.
+@pytest.mark.parametrize(
+    "kills",
+    [pytest.param(4, id="4-kills"), pytest.param(10, id="10-kills", marks=pytest.mark.slow)],
+)
+def test_kills_lose_no_acknowledged_span(tmp_path: Path, kills: int) -> None:
+    _check(SoakConfig(root=tmp_path, kills=kills, rate=40, max_gap_s=1.0))
 
 
 @pytest.mark.slow
