@@ -157,7 +157,7 @@ class BlockSet:
             return raw
         if not raw or raw[0] not in (_LIST, _BITMAP):
             raise IntegrityError("an encrypted index row has an unknown posting layout")
-        if raw == bytes([_LIST]):
+        if raw == _EMPTY_LIST:
             return raw  # an empty list (a bitmap without its base is truncated, below)
         first, rest = _read_varint(raw, 1)
         return raw[:1] + _varint(first + offset) + raw[rest:]
@@ -180,9 +180,13 @@ class BlockSet:
 
 
 EMPTY = BlockSet()
+_EMPTY_LIST = bytes([_LIST])
+_BYTES = [bytes([i]) for i in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # most: one-block lists count from their segment's first block
+        return _BYTES[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
