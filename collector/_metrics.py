@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler
 
 import cbor2
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from collector._group_commit import GroupCommitter
@@ -117,10 +117,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes are not logged."""
 
 
-class _HttpServer(ThreadingMixIn, WSGIServer):
-    """A thread per scrape, on an IPv4 or IPv6 address (as `start_http_server` binds)."""
-
-    daemon_threads = True
+class _HttpServer(ThreadingWSGIServer):
+    """prometheus_client's server (a daemon thread per scrape) on an IPv4 or IPv6
+    address, as `start_http_server` binds it."""
 
     def __init__(self, host: str, port: int) -> None:
         info = socket.getaddrinfo(
