@@ -232,11 +232,11 @@ def open_device(
     else:
         device = kind.open(store, TREE_ID, key=key, sealer=sealer, counter=counter, **extra)
     held = device.params
-    size = config.block_size or held.block_size
-    if (held.blocks, held.block_size) != (config.blocks, size):
+    wanted = config.block_size or held.block_size
+    if (held.blocks, held.block_size) != (config.blocks, wanted):
         raise ConfigError(
             f"the store holds {held.blocks} blocks of {held.block_size} B, "
-            f"but {config.blocks} of {size} B were asked for: "
+            f"but {config.blocks} of {wanted} B were asked for: "
             "keep the settings the data directory was created with"
         )
     return device  # type: ignore[no-any-return]

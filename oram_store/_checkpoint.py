@@ -3,9 +3,10 @@
 In WAL mode SQLite appends every committed page to the log, and the committing
 connection copies the log back into the database file once it holds
 `wal_autocheckpoint` pages, inside that commit. An ORAM batch rewrites ~320
-buckets of 16.5 KiB, so that copy fell on the writer every other batch (a
-loop of 32-block write batches with no checkpoint at all ran at 1.24 against
-1.84 ms a block). `WalCheckpointer` runs PASSIVE checkpoints beside the
+buckets, a 16 KiB page each at the default block size (two at B=4096, when this
+was measured), so that copy fell on the writer every other batch (a loop of
+32-block write batches with no checkpoint at all ran at 1.24 against 1.84 ms a
+block). `WalCheckpointer` runs PASSIVE checkpoints beside the
 writer, woken after a commit of `WAKE_ROWS` bucket rows or more (an ingest
 batch; smaller commits add up) and twice a second: PASSIVE neither waits for
 nor blocks the writer or readers and copies only committed frames, so
@@ -32,7 +33,7 @@ from pathlib import Path
 __all__ = ["WAKE_ROWS", "WRITER_PAGES", "WalCheckpointer"]
 
 WRITER_PAGES = 1000  # the writer's own checkpoint threshold (SQLite's default)
-WAKE_ROWS = 128  # bucket rows (~4 MiB of log) that wake the thread at a commit
+WAKE_ROWS = 128  # bucket rows (~2 MiB of log, a page each) that wake the thread at a commit
 _PERIOD_S = 0.5
 
 
