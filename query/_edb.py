@@ -19,8 +19,7 @@ key), not the analysts' index key.
 from __future__ import annotations
 
 import os
-import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,8 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection, Engine
 
 from otrace.errors import IntegrityError
+from query._buckets import bucket_entries, pack_buckets
 from query._postings import BlockSet
-from query._trapdoor import TRAPDOOR_SIZE
 
 __all__ = [
     "BUCKET_TARGET",
@@ -57,8 +56,6 @@ _EARLIER = {
     "v3": b"otrace/edb/v3\x00",
     "v2": b"otrace/edb/v2\x00",
 }
-_COUNT = struct.Struct("<I")
-_ENTRY = struct.Struct(f"<{TRAPDOOR_SIZE}sI")  # trapdoor, length of its encoded postings
 RawEntry = tuple[bytes, bytes]  # (trapdoor, encoded posting list): copied as is by merges
 _LOOKUP_CHUNK = 500
 
@@ -109,21 +106,25 @@ class EdbCodec:
 
     def seal_raw(self, segment: int, bucket: int, entries: Sequence[RawEntry]) -> EdbRow:
         """A bucket from (trapdoor, encoded postings) pairs."""
-        parts = [_COUNT.pack(len(entries))]
-        for door, raw in entries:
-            parts += (_ENTRY.pack(door, len(raw)), raw)
-        body = b"".join(parts)
-        size = max(MIN_VALUE, 1 << (len(body) - 1).bit_length())
+        body = pack_buckets(list(entries), bytes(16 * len(entries)), 1, MIN_VALUE)[0]
+        return self.seal_body(segment, bucket, body)
+
+    def seal_body(self, segment: int, bucket: int, body: bytes) -> EdbRow:
+        """A bucket from its padded plaintext (`query._buckets.pack_buckets`)."""
         nonce = self._random(_NONCE)
-        value = nonce + self._aead.encrypt(nonce, body.ljust(size, b"\0"), _ad(segment, bucket))
-        return EdbRow(segment, bucket, value)
+        sealed = self._aead.encrypt(nonce, body, _ad(segment, bucket))
+        return EdbRow(segment, bucket, nonce + sealed)
 
     def open_raw(self, row: EdbRow) -> list[RawEntry]:
         """A bucket's (trapdoor, encoded postings) pairs; failing authentication raises."""
+        return read_entries(self.open_body(row))
+
+    def open_body(self, row: EdbRow) -> bytes:
+        """A bucket's padded plaintext; failing authentication raises."""
         if len(row.value) < _NONCE + 16 + MIN_VALUE:
             raise IntegrityError("an encrypted index row is truncated")
         try:
-            plain = self._aead.decrypt(
+            return self._aead.decrypt(
                 row.value[:_NONCE], row.value[_NONCE:], _ad(row.segment, row.bucket)
             )
         except InvalidTag:
@@ -137,18 +138,6 @@ class EdbCodec:
             raise IntegrityError(
                 "an encrypted index row failed authentication (altered or moved)"
             ) from None
-        try:
-            (count,) = _COUNT.unpack_from(plain)
-            offset, out = _COUNT.size, []
-            for _ in range(count):
-                door, length = _ENTRY.unpack_from(plain, offset)
-                offset += _ENTRY.size + length
-                if offset > len(plain):
-                    raise IndexError(offset)
-                out.append((door, plain[offset - length : offset]))
-            return out
-        except (struct.error, IndexError):
-            raise IntegrityError("an encrypted index row has an unknown layout") from None
 
     def _earlier_format(self, row: EdbRow) -> str | None:
         where = row.segment.to_bytes(8, "big") + row.bucket.to_bytes(4, "big")
@@ -171,10 +160,20 @@ class EdbCodec:
         return {door: BlockSet.decode(raw) for door, raw in self.open_raw(row) if door in trapdoors}
 
     def segment_rows(
-        self, segment: int, buckets: Mapping[int, Sequence[RawEntry]], count: int
+        self, segment: int, entries: list[RawEntry], locators: bytes, count: int
     ) -> list[EdbRow]:
-        """All `count` buckets of a segment (empty ones too)."""
-        return [self.seal_raw(segment, b, buckets.get(b, ())) for b in range(count)]
+        """All `count` buckets of a segment (empty ones too), each entry in the bucket its
+        locator names (`Locator.blocks`)."""
+        bodies = pack_buckets(entries, locators, count, MIN_VALUE)
+        return [self.seal_body(segment, b, body) for b, body in enumerate(bodies)]
+
+
+def read_entries(body: bytes) -> list[RawEntry]:
+    """A bucket's (trapdoor, encoded postings) pairs from its plaintext."""
+    try:
+        return bucket_entries(body)
+    except ValueError as exc:
+        raise IntegrityError(str(exc)) from None
 
 
 def _ad(segment: int, bucket: int) -> bytes:

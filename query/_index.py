@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import cbor2
 
 from otrace.errors import IntegrityError
+from query._buckets import merge_postings
 from query._edb import EdbCodec, EdbRow, RawEntry, bucket_count
 from query._postings import BlockSet
 from query._trapdoor import Locator, Trapdoors
@@ -177,14 +178,10 @@ class Indexer:
             _catalogued(state.catalogue, operations),
         )
 
-    def _rows(self, seg_id: int, entries: Sequence[RawEntry]) -> list[EdbRow]:
+    def _rows(self, seg_id: int, entries: list[RawEntry]) -> list[EdbRow]:
         """A segment's buckets from (trapdoor, encoded postings), one per keyword."""
-        count = bucket_count(len(entries))
-        buckets: defaultdict[int, list[RawEntry]] = defaultdict(list)
-        located = self.locate(seg_id, count, [door for door, _ in entries])
-        for entry, bucket in zip(entries, located, strict=True):
-            buckets[bucket].append(entry)
-        return self.codec.segment_rows(seg_id, buckets, count)
+        located = self.locate.blocks(seg_id, [door for door, _ in entries])
+        return self.codec.segment_rows(seg_id, entries, located, bucket_count(len(entries)))
 
     # ------------------------------------------------------------- maintenance
 
@@ -218,30 +215,22 @@ class Indexer:
         seen = dict.fromkeys(expected, 0)
         first = min(s.first_block for s in group)
         offset = {s.id: s.first_block - first for s in group}  # postings are relative
-        # trapdoor -> (postings, shift) where it was first found; most keywords (ids) occur
-        # in one segment, and only those found again get a list (a fifth less merge CPU).
-        found: dict[bytes, tuple[bytes, int]] = {}
-        again: dict[bytes, list[tuple[bytes, int]]] = {}
+        bodies, shifts = [], []
         for row in merged_rows:
             if row.segment not in seen:
                 raise IntegrityError(f"index row of segment {row.segment} returned for a merge")
             seen[row.segment] += 1
-            shift = offset[row.segment]
-            for door, raw in self.codec.open_raw(row):
-                if door in found:
-                    again.setdefault(door, [found[door]]).append((raw, shift))
-                else:
-                    found[door] = (raw, shift)
+            bodies.append(self.codec.open_body(row))
+            shifts.append(offset[row.segment])
         if seen != expected:
             raise IntegrityError(
                 "rows are missing from or were added to the encrypted index "
                 f"(segments {sorted(expected)}: expected {expected}, found {seen})"
             )
-        rebase = BlockSet.rebase
-        entries = [
-            (door, _merged(again[door]) if door in again else rebase(raw, shift))
-            for door, (raw, shift) in found.items()
-        ]
+        try:
+            entries = merge_postings(bodies, shifts)
+        except ValueError as exc:
+            raise IntegrityError(str(exc)) from None
         rows = self._rows(seg_id, entries)
         merged = Segment(
             seg_id,
@@ -270,12 +259,6 @@ class Indexer:
             segments=tuple(segments),
             next_segment=max(state.next_segment, merged.id + 1),
         )
-
-
-def _merged(lists: list[tuple[bytes, int]]) -> bytes:
-    """One keyword's postings from several merged segments, each moved by its segment's
-    shift (a keyword in one segment is only rebased: its first number rewritten)."""
-    return BlockSet.union(BlockSet.decode(raw).shifted(shift) for raw, shift in lists).encode()
 
 
 def _catalogued(

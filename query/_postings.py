@@ -8,10 +8,11 @@ Each list is stored in the smaller of two encodings (the first byte says which):
                                                              duration units)
 
 Inside the enclave a list is a `BlockSet`: a base and a Python integer used as
-a bit mask, so the unions and intersections a query or a compaction merge does
-are single big-integer operations (in C) rather than Python loops over block
-numbers. Measured on 1M spans: decoding dense lists as varints was about a
-tenth of a search and most of a compaction merge.
+a bit mask, so the unions and intersections a query does are single big-integer
+operations (in C) rather than Python loops over block numbers. Measured on 1M
+spans: decoding dense lists as varints was about a tenth of a search.
+A compaction merge does not build `BlockSet`s: `query._buckets` (C) moves and
+unites the encoded lists, and is tested against this module.
 """
 
 from __future__ import annotations
@@ -148,20 +149,6 @@ class BlockSet:
             return _varint_list(blocks)
         return BlockSet.of(blocks).encode()
 
-    @staticmethod
-    def rebase(raw: bytes, offset: int) -> bytes:
-        """`decode(raw).shifted(offset).encode()` for `offset` >= 0, rewriting only the
-        first number (both encodings store the lowest block, then what follows it):
-        a compaction merge moves most lists (one-block ids) this way."""
-        if offset == 0:
-            return raw
-        if not raw or raw[0] not in (_LIST, _BITMAP):
-            raise IntegrityError("an encrypted index row has an unknown posting layout")
-        if raw == _EMPTY_LIST:
-            return raw  # an empty list (a bitmap without its base is truncated, below)
-        first, rest = _read_varint(raw, 1)
-        return raw[:1] + _varint(first + offset) + raw[rest:]
-
     @classmethod
     def decode(cls, raw: bytes) -> BlockSet:
         if not raw:
@@ -180,7 +167,6 @@ class BlockSet:
 
 
 EMPTY = BlockSet()
-_EMPTY_LIST = bytes([_LIST])
 _BYTES = [bytes([i]) for i in range(0x80)]
 
 

@@ -95,11 +95,16 @@ class Locator:
 
     def __call__(self, segment: int, buckets: int, trapdoors: Sequence[bytes]) -> list[int]:
         """The bucket of each trapdoor in segment `segment` of `buckets` (a power of two)."""
+        mask = buckets - 1
+        return [t & mask for (t,) in _LOCATOR.iter_unpack(self.blocks(segment, trapdoors))]
+
+    def blocks(self, segment: int, trapdoors: Sequence[bytes]) -> bytes:
+        """The PRF output of each trapdoor in segment `segment`, 16 bytes each: a bucket is
+        the first 8 as a little-endian u64, modulo the bucket count (`query._buckets`
+        reads them there when it packs a segment)."""
         if not trapdoors:
-            return []
+            return b""
         h = self._base.copy()
         h.update(segment.to_bytes(8, "big"))
         prf = Cipher(algorithms.AES(h.digest()), modes.ECB()).encryptor()
-        out = prf.update(b"".join([door[:16] for door in trapdoors]))
-        mask = buckets - 1
-        return [t & mask for (t,) in _LOCATOR.iter_unpack(out)]
+        return prf.update(b"".join([door[:16] for door in trapdoors]))

@@ -43,7 +43,8 @@ def test_bucket_counts_are_powers_of_two_of_about_32_keywords(keywords: int, buc
 
 
 def test_every_bucket_of_a_segment_is_written_even_when_empty() -> None:
-    rows = CODEC.segment_rows(5, {3: [(b"t" * 32, BlockSet.of([1]).encode())]}, 4)
+    locator = (3).to_bytes(8, "little") + bytes(8)  # bucket 3 of 4
+    rows = CODEC.segment_rows(5, [(b"t" * 32, BlockSet.of([1]).encode())], locator, 4)
     assert [r.bucket for r in rows] == [0, 1, 2, 3]
     assert len({len(r.value) for r in rows}) == 1
     assert [len(CODEC.open(r)) for r in rows] == [0, 0, 0, 1]

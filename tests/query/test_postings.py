@@ -50,23 +50,3 @@ def test_span_is_every_block_in_the_range() -> None:
 def test_unknown_or_truncated_lists_are_integrity_errors(raw: bytes) -> None:
     with pytest.raises(IntegrityError):
         BlockSet.decode(raw)
-
-
-@pytest.mark.parametrize(
-    "blocks",
-    [[], [0], [5], [3, 900], list(range(40, 80, 3)), [200, 201, 202, 210], [127, 128, 16383]],
-)
-@pytest.mark.parametrize("offset", [0, 1, 127, 128, 70_000])
-def test_rebase_moves_every_block_of_either_encoding(blocks: list[int], offset: int) -> None:
-    raw = BlockSet.of(blocks).encode()
-    moved = BlockSet.rebase(raw, offset)
-    assert BlockSet.decode(moved).blocks() == [b + offset for b in blocks]
-    assert moved == BlockSet.decode(raw).shifted(offset).encode()  # byte for byte
-    assert BlockSet.decode(raw).shifted(offset).blocks() == [b + offset for b in blocks]
-
-
-def test_rebase_refuses_an_unknown_layout_or_a_truncated_bitmap() -> None:
-    with pytest.raises(IntegrityError, match="unknown posting layout"):
-        BlockSet.rebase(b"\x07\x01", 3)
-    with pytest.raises(IntegrityError, match="truncated"):
-        BlockSet.rebase(b"\x01", 3)
