@@ -224,7 +224,7 @@ class IngestEngine:
         return EpochReport(built.last - built.first + 1, built.spans, len(built.blocks), elapsed)
 
     def _entries_after(self, seq: int) -> list[tuple[int, bytes]]:
-        return _up_to_bytes(self.journal.read_after(seq, self._max_entries), self._max_bytes)
+        return self.journal.read_after(seq, self._max_entries, self._max_bytes)
 
     def _reserve_segment(self) -> int:
         """A segment id no committed or in-flight segment has: epochs built ahead and
@@ -250,7 +250,7 @@ class IngestEngine:
 
     def _is_full(self, entries: Sequence[tuple[int, bytes]]) -> bool:
         """Whether an epoch's entries reached a limit (as many as an epoch takes, or half
-        its bytes: `_up_to_bytes` stops before the entry that would pass them)."""
+        its bytes: `Journal.read_after` stops before the entry that would pass them)."""
         if len(entries) >= self._max_entries:
             return True
         return sum(len(body) for _, body in entries) >= self._max_bytes // 2
@@ -503,13 +503,3 @@ class IngestEngine:
                 "(tampered or rolled back separately)"
             ) from None
         return decode_state(plain)
-
-
-def _up_to_bytes(entries: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
-    """The leading entries whose bodies fit in `limit` bytes (at least one)."""
-    total = 0
-    for i, (_, body) in enumerate(entries):
-        total += len(body)
-        if total > limit and i:
-            return entries[:i]
-    return entries

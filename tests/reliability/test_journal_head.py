@@ -70,6 +70,36 @@ def test_newest_entries_deleted_are_refused_at_resume_and_at_drain(tmp_path: Pat
         _journal(tmp_path, counter).resume_after(0)
 
 
+def test_a_byte_limit_takes_the_leading_entries_that_fit_and_at_least_one(
+    tmp_path: Path,
+) -> None:
+    journal = _journal(tmp_path, MemoryCounter())
+    journal.append([b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 500])
+    assert [s for s, _ in journal.read_after(0, 10, 200)] == [1, 2]  # 300 would pass it
+    assert [s for s, _ in journal.read_after(0, 2, 10_000)] == [1, 2]  # the count still rules
+    assert [s for s, _ in journal.read_after(3, 10, 200)] == [4]  # too big alone: taken
+    # Entries missing past the limit are found once a read reaches them.
+    _sql(tmp_path, "DELETE FROM ingest_journal WHERE seq = 4")
+    assert [s for s, _ in journal.read_after(0, 10, 250)] == [1, 2]
+    with pytest.raises(IntegrityError, match=r"entries 4\.\.4 are missing"):
+        journal.read_after(0, 10, 300)  # all that is left fits: the head names one more
+    journal.close()
+
+
+def test_entries_past_the_byte_limit_are_not_opened(tmp_path: Path) -> None:
+    journal = _journal(tmp_path, MemoryCounter())
+    journal.append([b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 100])
+    _sql(tmp_path, "UPDATE ingest_journal SET blob = zeroblob(length(blob)) WHERE seq = 4")
+    # Entry 3 is opened (its length passes the limit), entry 4 never is.
+    assert [s for s, _ in journal.read_after(0, 10, 200)] == [1, 2]
+    with pytest.raises(IntegrityError, match="entry 4 failed authentication"):
+        journal.read_after(0, 10, 300)
+    _sql(tmp_path, "DELETE FROM ingest_journal WHERE seq = 2")  # a gap inside the limit
+    with pytest.raises(IntegrityError, match="entry 2 is missing from storage"):
+        journal.read_after(0, 10, 200)
+    journal.close()
+
+
 def test_an_older_head_put_back_is_a_rollback(tmp_path: Path) -> None:
     counter = MemoryCounter()
     journal = _journal(tmp_path, counter)
