@@ -192,14 +192,17 @@ class EdbTable:
             sa.Column("value", sa.LargeBinary, nullable=False),
         )
         self.table.create(engine, checkfirst=True)
-        self._insert = self.table.insert()
+        # Plain SQL with tuple parameters: through SQLAlchemy's compiled insert, building
+        # and processing parameters was ~half the time of inserting a segment's rows
+        # (~2k an epoch, ~16k a merge; py-spy of the node's writer).
+        m = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_sql = (
+            f'INSERT INTO "{self.table.name}" (slot, segment, value) VALUES ({m}, {m}, {m})'
+        )
 
     def insert(self, conn: Connection, rows: Sequence[EdbRow]) -> None:
         if rows:
-            conn.execute(
-                self._insert,
-                [{"slot": r.slot, "segment": r.segment, "value": r.value} for r in rows],
-            )
+            conn.exec_driver_sql(self._insert_sql, [(r.slot, r.segment, r.value) for r in rows])
 
     def lookup(self, conn: Connection, slots: Sequence[int]) -> list[EdbRow]:
         """The buckets stored at `slots` (absent slots are simply missing)."""
