@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collector._journal import Journal
-from collector._otlp import PROTOBUF, Limits, decode_request, validate
+from collector._otlp import PROTOBUF, Limits, decode_request, validate_body
 from otrace.errors import InvalidRequest
 
 __all__ = ["IngestOutcome", "journal_requests"]
@@ -38,7 +38,7 @@ def journal_requests(
         except InvalidRequest as exc:
             outcomes.append(IngestOutcome(False, message=str(exc)))
             continue
-        checked = validate(request, limits)
+        checked = validate_body(body, content_type, request, limits)
         if checked.accepted:
             untouched = checked.rejected == 0 and content_type == PROTOBUF
             payloads.append(body if untouched else checked.request.SerializeToString())

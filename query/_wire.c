@@ -1,4 +1,6 @@
-/* query._wire: an OTLP Export request split into span records, read off the wire.
+/* query._wire: an OTLP Export request split into span records, read off the wire;
+ * and `valid_spans`, the ingest's span checks for the common case (see below,
+ * "validation").
  *
  * The epoch builder turns every journalled request into one record per span: the
  * span with its resource and scope as a serialized `ResourceSpans`, and the span's
@@ -729,6 +731,119 @@ done:
     return status;
 }
 
+/* ---------------------------------------------------------------- validation */
+
+/* `valid_spans` answers for the common case of the ingest's validation
+ * (collector/_otlp.py `validate`): a request the runtime has parsed whose spans all
+ * pass. It never judges a problem: anything that might be one, or an encoding it does
+ * not follow, gives FALLBACK, and `validate` decides on the parsed message. Sizes are
+ * compared as wire lengths, which bound the runtime's `ByteSize()` from above (it
+ * re-encodes minimally and merges repeated singular fields), so a length within a
+ * limit means the size is too. */
+typedef struct {
+    Py_ssize_t attributes, attribute_bytes, span_bytes, name_bytes;
+} Limits;
+
+/* A Resource or InstrumentationScope within the limits; `attributes` is its field. */
+static int context_ok(Slice raw, uint32_t attributes, const Limits *l) {
+    if (raw.len > l->attribute_bytes) return FALLBACK;
+    Cursor c = {raw.data, raw.data + raw.len};
+    Field f;
+    int r;
+    Py_ssize_t n = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != attributes) continue;
+        if (f.type != 2) return FALLBACK;
+        n++;
+    }
+    return r == 0 && n <= l->attributes ? OK : FALLBACK;
+}
+
+/* A KeyValue whose value is at most `attribute_bytes` long on the wire. */
+static int value_ok(Slice raw, const Limits *l) {
+    Cursor c = {raw.data, raw.data + raw.len};
+    Field f;
+    int r, values = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != 2) continue;
+        if (f.type != 2 || ++values > 1 || f.len > l->attribute_bytes) return FALLBACK;
+    }
+    return r == 0 ? OK : FALLBACK;
+}
+
+static int nonzero(Slice id) {
+    for (Py_ssize_t i = 0; i < id.len; i++)
+        if (id.data[i]) return 1;
+    return 0;
+}
+
+/* `_span_problem(span) is None`, certainly. */
+static int span_ok(Slice raw, const Limits *l) {
+    if (raw.len > l->span_bytes) return FALLBACK;
+    Slice ids[6] = {{NULL, 0}}; /* by field number: 1 trace_id, 2 span_id, 4 parent, 5 name */
+    int sized = raw.len > l->attribute_bytes; /* only then can a value be too big */
+    Py_ssize_t attributes = 0;
+    Cursor c = {raw.data, raw.data + raw.len};
+    Field f;
+    int r;
+    while ((r = next_field(&c, &f)) == 1) {
+        switch (f.number) {
+        case 1: case 2: case 4: case 5:
+            if (f.type != 2) return FALLBACK;
+            ids[f.number] = (Slice){f.data, f.len}; /* the last one given, as the runtime */
+            break;
+        case 9:
+            if (f.type != 2) return FALLBACK;
+            attributes++;
+            if (sized && value_ok((Slice){f.data, f.len}, l) != OK) return FALLBACK;
+            break;
+        default:
+            break;
+        }
+    }
+    if (r != 0) return FALLBACK;
+    if (ids[1].len != 16 || !nonzero(ids[1]) || ids[2].len != 8 || !nonzero(ids[2]))
+        return FALLBACK;
+    if ((ids[4].len != 0 && ids[4].len != 8) || ids[5].len > l->name_bytes) return FALLBACK;
+    return attributes <= l->attributes ? OK : FALLBACK;
+}
+
+/* Adds the spans of a ResourceSpans (`scopes` 0) or a ScopeSpans (`scopes` 1) to `count`. */
+static int envelope_ok(Slice raw, int scopes, const Limits *l, Py_ssize_t *count) {
+    Slice head, schema;
+    if (read_envelope(raw, &head, &schema) != OK) return FALLBACK; /* also checks field 2 */
+    if (context_ok(head, scopes ? 3 : 1, l) != OK) return FALLBACK;
+    Cursor c = {raw.data, raw.data + raw.len};
+    Field f;
+    while (next_field(&c, &f) == 1) {
+        if (f.number != 2) continue;
+        Slice inner = {f.data, f.len};
+        int status = scopes ? span_ok(inner, l) : envelope_ok(inner, 1, l, count);
+        if (status != OK) return FALLBACK;
+        *count += scopes;
+    }
+    return OK;
+}
+
+static PyObject *valid_spans(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer body;
+    Limits l;
+    if (!PyArg_ParseTuple(args, "y*nnnn:valid_spans", &body, &l.attributes, &l.attribute_bytes,
+                          &l.span_bytes, &l.name_bytes))
+        return NULL;
+    Cursor c = {body.buf, (const uint8_t *)body.buf + body.len};
+    Field f;
+    int r, status = OK;
+    Py_ssize_t count = 0;
+    while (status == OK && (r = next_field(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        status = f.type == 2 ? envelope_ok((Slice){f.data, f.len}, 0, &l, &count) : FALLBACK;
+    }
+    PyBuffer_Release(&body);
+    if (status != OK || r != 0) Py_RETURN_NONE;
+    return PyLong_FromSsize_t(count);
+}
+
 /* ------------------------------------------------------------------- module */
 
 static PyObject *STATUS_WORDS[3], *KIND_WORDS[6], *STATUS_UNSET, *KIND_UNSPECIFIED,
@@ -794,6 +909,9 @@ static PyMethodDef methods[] = {
     {"split_request", split_request, METH_VARARGS,
      "split_request(body, skip, max_value, record) -> a list of `record` (SpanRecord), "
      "one per span, or None to use the protobuf runtime."},
+    {"valid_spans", valid_spans, METH_VARARGS,
+     "valid_spans(body, max_attributes, max_attribute_bytes, max_span_bytes, max_name_bytes) "
+     "-> the number of spans when every one certainly passes the ingest's checks, else None."},
     {NULL, NULL, 0, NULL},
 };
 
