@@ -101,16 +101,24 @@ typedef struct {
     Py_ssize_t len, cap;
 } Entries;
 
+/* The array `at` of `*cap` items of `size` bytes reallocated to twice as many (to
+ * `first` when empty); NULL with MemoryError set, `at` and `*cap` then unchanged. */
+static void *grown(void *at, Py_ssize_t *cap, size_t size, Py_ssize_t first) {
+    Py_ssize_t more = *cap ? 2 * *cap : first;
+    void *out = PyMem_Realloc(at, (size_t)more * size);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    *cap = more;
+    return out;
+}
+
 static int push(Entries *v, Entry e) {
     if (v->len == v->cap) {
-        Py_ssize_t cap = v->cap ? 2 * v->cap : 1024;
-        Entry *grown = PyMem_Realloc(v->at, (size_t)cap * sizeof(Entry));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        v->at = grown;
-        v->cap = cap;
+        Entry *at = grown(v->at, &v->cap, sizeof(Entry), 1024);
+        if (at == NULL) return -1;
+        v->at = at;
     }
     v->at[v->len++] = e;
     return 0;
@@ -206,14 +214,9 @@ typedef struct {
 
 static int add_number(Numbers *v, uint64_t x) {
     if (v->len == v->cap) {
-        Py_ssize_t cap = v->cap ? 2 * v->cap : 256;
-        uint64_t *grown = PyMem_Realloc(v->at, (size_t)cap * sizeof(uint64_t));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        v->at = grown;
-        v->cap = cap;
+        uint64_t *at = grown(v->at, &v->cap, sizeof(uint64_t), 256);
+        if (at == NULL) return -1;
+        v->at = at;
     }
     v->at[v->len++] = x;
     return 0;

@@ -100,13 +100,10 @@ class EdbCodec:
         return "EdbCodec()"
 
     def seal(self, segment: int, bucket: int, entries: Iterable[Postings]) -> EdbRow:
-        return self.seal_raw(
-            segment, bucket, [(p.trapdoor, BlockSet.of(p.blocks).encode()) for p in entries]
-        )
-
-    def seal_raw(self, segment: int, bucket: int, entries: Sequence[RawEntry]) -> EdbRow:
-        """A bucket from (trapdoor, encoded postings) pairs."""
-        body = pack_buckets(list(entries), bytes(16 * len(entries)), 1, MIN_VALUE)[0]
+        """One bucket from its keywords' postings (segments are sealed by `segment_rows`)."""
+        raw = [(p.trapdoor, BlockSet.of(p.blocks).encode()) for p in entries]
+        # A segment of one bucket: every entry lands in it, whatever its locator.
+        body = pack_buckets(raw, bytes(16 * len(raw)), 1, MIN_VALUE)[0]
         return self.seal_body(segment, bucket, body)
 
     def seal_body(self, segment: int, bucket: int, body: bytes) -> EdbRow:
@@ -117,7 +114,10 @@ class EdbCodec:
 
     def open_raw(self, row: EdbRow) -> list[RawEntry]:
         """A bucket's (trapdoor, encoded postings) pairs; failing authentication raises."""
-        return read_entries(self.open_body(row))
+        try:
+            return bucket_entries(self.open_body(row))
+        except ValueError as exc:  # authenticated, but not a layout this code writes
+            raise IntegrityError(str(exc)) from None
 
     def open_body(self, row: EdbRow) -> bytes:
         """A bucket's padded plaintext; failing authentication raises."""
@@ -166,14 +166,6 @@ class EdbCodec:
         locator names (`Locator.blocks`)."""
         bodies = pack_buckets(entries, locators, count, MIN_VALUE)
         return [self.seal_body(segment, b, body) for b, body in enumerate(bodies)]
-
-
-def read_entries(body: bytes) -> list[RawEntry]:
-    """A bucket's (trapdoor, encoded postings) pairs from its plaintext."""
-    try:
-        return bucket_entries(body)
-    except ValueError as exc:
-        raise IntegrityError(str(exc)) from None
 
 
 def _ad(segment: int, bucket: int) -> bytes:
