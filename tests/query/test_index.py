@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from otrace.errors import IntegrityError
@@ -14,6 +16,8 @@ from query import (
     decode_index,
     encode_index,
 )
+from query._buckets import pack_buckets
+from query._edb import MIN_VALUE
 from query._trapdoor import locate, trapdoor_for
 
 KEY = b"\x01" * 32
@@ -87,6 +91,25 @@ def test_a_row_deleted_from_storage_is_caught_by_the_merge() -> None:
     plan = ix.plan(state, now_ns=10, live_from=0)
     with pytest.raises(IntegrityError, match="missing from or were added"):
         ix.apply(state, plan, (rows + more)[1:])
+
+
+def test_a_merge_refuses_rows_the_storage_altered_or_a_layout_it_cannot_read() -> None:
+    ix = _indexer(fanout=2)
+    state, rows = ix.add_epoch(IndexState(), _epoch(0, 1))
+    state, more = ix.add_epoch(state, _epoch(2, 2))
+    plan = ix.plan(state, now_ns=10, live_from=0)
+    flipped = bytearray(more[0].value)
+    flipped[-1] ^= 1  # what the storage can do: change a byte
+    altered = [*rows, replace(more[0], value=bytes(flipped))]
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        ix.apply(state, plan, altered)
+    # A row that authenticates (sealed with the enclave's key) but holds a posting layout
+    # this code never writes: IntegrityError from the C merge, not a ValueError.
+    (door, _), *_ = ix.codec.open_raw(more[0])
+    odd = pack_buckets([(door, b"\x07\x01")], bytes(16), 1, MIN_VALUE)[0]
+    forged = [*rows, ix.codec.seal_body(more[0].segment, more[0].bucket, odd)]
+    with pytest.raises(IntegrityError, match="unknown posting layout"):
+        ix.apply(state, plan, forged)
 
 
 def test_many_keywords_spread_over_power_of_two_buckets() -> None:
