@@ -27,8 +27,9 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -82,6 +83,8 @@ class BlockDevice(Protocol):
         paths: int | None = None,
     ) -> list[bytes | None]: ...
 
+    def grouped(self) -> AbstractContextManager[None]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class EpochReport:
@@ -109,6 +112,7 @@ class IngestEngine:
         fence: TransactionHook | None = None,
         builder: EpochBuilder | None = None,
         merge_backlog_segments: int | None = None,
+        batches_per_commit: int = 8,
     ) -> None:
         # While the journal holds a backlog, due merges wait until the index holds this
         # many segments (see `maintain`); a query reads one bucket per segment.
@@ -121,6 +125,11 @@ class IngestEngine:
                 "many segments"
             )
         self._merge_backlog_segments = merge_backlog_segments
+        if batches_per_commit < 1:
+            raise ConfigError(f"batches_per_commit must be at least 1, got {batches_per_commit}")
+        # An epoch's batches commit in groups of this many (`BlockDevice.grouped`): one
+        # durable commit a group; queries wait for a group, not a batch.
+        self._batches_per_commit = batches_per_commit
         self.device = device
         self.journal = journal
         self.indexer = indexer
@@ -275,29 +284,44 @@ class IngestEngine:
         p = self.device.params
         blocks = built.blocks
         while True:
-            chunk = blocks[done : done + p.batch_size]
-            ops: list[Read | Write] = [
-                Write((base + done + i) % p.blocks, data) for i, data in enumerate(chunk)
-            ]
-            done += len(chunk)
-            st = self.state
-            work: IndexWork | None = None
-            if done < len(blocks):
-                new = replace(st, pending=(built.first, built.last, done, base))
-            else:
-                new = replace(
-                    st,
-                    watermark=built.last,
-                    next_block=base + len(blocks),
-                    epochs=st.epochs + 1,
-                    spans=st.spans + built.spans,
-                    pending=None,
-                )
-                work = self._index_epoch(built, base)
-            # An epoch of empty requests still commits its watermark: a padding read.
-            self._access(ops or [self._padding_read()], new, work)
-            if new.pending is None:
-                return
+            with self._grouped():
+                for _ in range(self._batches_per_commit):
+                    chunk = blocks[done : done + p.batch_size]
+                    ops: list[Read | Write] = [
+                        Write((base + done + i) % p.blocks, data) for i, data in enumerate(chunk)
+                    ]
+                    done += len(chunk)
+                    st = self.state
+                    work: IndexWork | None = None
+                    if done < len(blocks):
+                        new = replace(st, pending=(built.first, built.last, done, base))
+                    else:
+                        new = replace(
+                            st,
+                            watermark=built.last,
+                            next_block=base + len(blocks),
+                            epochs=st.epochs + 1,
+                            spans=st.spans + built.spans,
+                            pending=None,
+                        )
+                        work = self._index_epoch(built, base)
+                    # An epoch of empty requests still commits its watermark: a padding read.
+                    self._access(ops or [self._padding_read()], new, work)
+                    if new.pending is None:
+                        return
+
+    @contextmanager
+    def _grouped(self) -> Iterator[None]:
+        """The device batches inside commit together (`BlockDevice.grouped`), under the
+        device lock; if the group does not commit, the engine's state is put back too."""
+        with self.lock:
+            state, index = self.state, self.index
+            try:
+                with self.device.grouped():
+                    yield
+            except BaseException:
+                self.state, self.index = state, index
+                raise
 
     def _index_epoch(self, built: BuiltEpoch, base: int) -> IndexWork | None:
         if built.segment is None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from oram_store._group import Grouped
 from oram_store._oram import (
     RandomSource,
     Read,
@@ -37,8 +38,10 @@ __all__ = ["DirectBlockStore"]
 _SEQ = struct.Struct("<Q")
 
 
-class DirectBlockStore:
-    """Encrypted, directly addressed blocks; build with `create` or `open`."""
+class DirectBlockStore(Grouped[int]):
+    """Encrypted, directly addressed blocks; build with `create` or `open`.
+
+    `with blocks.grouped():` commits the batches inside it in one transaction."""
 
     def __init__(
         self,
@@ -53,7 +56,7 @@ class DirectBlockStore:
     ) -> None:
         if len(key) != 32:
             raise ConfigError("the block key must be 32 bytes")
-        self.store, self.params, self.seq = store, params, seq
+        self.store, self.params, self._seq = store, params, seq
         self._aead = AESGCM(key)
         self._sealer = sealer
         self._counter = counter
@@ -122,20 +125,30 @@ class DirectBlockStore:
             return []
         p = self.params
         check_ops(p, ops)
-        seq = self.seq + 1
-        with self.store.transaction(p.tree_id) as txn:
-            if txn.latest_seq() != self.seq:
+        before = self._seq
+        seq = before + 1
+        with self._transaction() as txn:
+            if txn.latest_seq() != before:
                 raise FencingError(f"block store {p.tree_id!r} was committed by another writer")
             results = self._serve(txn, ops, seq)
             txn.append_state(self._state_record(seq))
             txn.prune_state(seq)
             if in_transaction is not None:
                 in_transaction(txn, seq)
-        self.seq = seq
-        if self._counter is not None:
-            # As PathOram: the commit is durable, the counter trails it (SECURITY.md).
-            self._counter.advance(seq, durable=p.is_checkpoint(seq))
+        self._seq = seq
+        self._committed(before)
         return results
+
+    @property
+    def seq(self) -> int:
+        """Number of committed batches."""
+        return self._seq
+
+    def _snapshot(self) -> int:
+        return self._seq
+
+    def _restore(self, snapshot: int) -> None:
+        self._seq = snapshot
 
     def _serve(
         self, txn: TreeTransaction, ops: Sequence[Read | Write], seq: int

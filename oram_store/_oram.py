@@ -18,13 +18,14 @@ import hmac
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from oram_store._audit import AuditReport, audit_tree
 from oram_store._codec import EMPTY_DIGEST, Bucket, BucketCodec
 from oram_store._eviction import evict, path_nodes
+from oram_store._group import Grouped
 from oram_store._params import EMPTY_SLOT, FORMAT, OramParams
 from oram_store._state import ClientState, FreshnessCounter, StateCodec, StateSealer, check_fresh
 from oram_store._store import BucketStore, TreeTransaction
@@ -83,8 +84,21 @@ class OramStats:
     stash_peak: int = 0
 
 
-class PathOram:
-    """A Path ORAM over an untrusted `BucketStore`; build with `create` or `open`."""
+@dataclass(slots=True)
+class _Snapshot:
+    """The committed state when a group of batches began (`Grouped`)."""
+
+    state: ClientState
+    cache: dict[int, Bucket]
+    stats: OramStats
+    # Leaves of `state.positions` the group changed in place, as they were committed.
+    undo: dict[int, int] = field(default_factory=dict)
+
+
+class PathOram(Grouped[_Snapshot]):
+    """A Path ORAM over an untrusted `BucketStore`; build with `create` or `open`.
+
+    `with oram.grouped():` commits the batches inside it in one transaction."""
 
     def __init__(
         self,
@@ -224,7 +238,7 @@ class PathOram:
         distinct blocks per call. `in_transaction(txn, seq)` runs inside the
         batch's storage transaction, so a caller's own rows (e.g. an ingest
         watermark) commit atomically with the paths. Nothing in memory or in
-        storage changes unless the whole batch commits.
+        storage changes unless the whole batch commits (in `grouped`, the group).
         """
         if not ops:
             return []
@@ -240,7 +254,7 @@ class PathOram:
         remap = dict(zip(distinct, fresh[: len(distinct)], strict=True))
         nodes = path_nodes(p.height, read_leaves)
         seq = self._state.seq + 1
-        with self.store.transaction(p.tree_id) as txn:
+        with self._transaction() as txn:
             self._check_sole_writer(txn)
             fetch = sorted(n for n in nodes if n >= 1 << self._cache_levels)
             old = self._fetch(txn, fetch, self._cache)
@@ -273,9 +287,7 @@ class PathOram:
         check_ops(self.params, ops)
         distinct = list(dict.fromkeys(op.block for op in ops))
         if len(distinct) > width:
-            raise InvalidRequest(
-                f"{len(distinct)} distinct blocks in one batch of {width} paths"
-            )
+            raise InvalidRequest(f"{len(distinct)} distinct blocks in one batch of {width} paths")
         return distinct
 
     def _serve(self, ops: Sequence[Read | Write], stash: dict[int, bytes]) -> list[bytes | None]:
@@ -385,7 +397,13 @@ class PathOram:
         fetched: int,
         written: int,
     ) -> None:
+        before = self._state.seq
         if state.positions is self._state.positions:
+            group = self._group
+            if group is not None and state.positions is group.snapshot.state.positions:
+                undo = group.snapshot.undo
+                for block in remap:
+                    undo.setdefault(block, int(state.positions[block]))
             for block, leaf in remap.items():
                 state.positions[block] = leaf
         self._state = state
@@ -393,16 +411,22 @@ class PathOram:
         for node, bucket in new.items():
             if node < limit:
                 self._cache[node] = bucket
-        if self._counter is not None:
-            # The commit is durable; the counter only has to trail it. Syncing it at
-            # checkpoints alone bounds what an OS crash can take back (SECURITY.md).
-            self._counter.advance(state.seq, durable=self.params.is_checkpoint(state.seq))
+        self._committed(before)
         s = self.stats
         s.batches += 1
         s.logical_accesses += ops
         s.buckets_written += written
         s.stash_size = len(state.stash)
         s.stash_peak = max(s.stash_peak, s.stash_size)
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self._state, dict(self._cache), replace(self.stats))
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        positions = snapshot.state.positions
+        for block, leaf in snapshot.undo.items():
+            positions[block] = leaf
+        self._state, self._cache, self.stats = snapshot.state, snapshot.cache, snapshot.stats
 
     def _random_leaves(self, count: int) -> list[int]:
         raw = np.frombuffer(self._rng(4 * count), dtype="<u4") & (self.params.leaves - 1)

@@ -27,6 +27,11 @@ __all__ = ["BucketStore", "SqlBucketStore", "StateRecord", "TreeTransaction"]
 
 CHECKPOINT = 1
 DELTA = 2
+# SQLite's page cache for a tree transaction, in KiB (its default is 2,000): a group of
+# ingest batches (`oram_store._group`) dirties ~40 MiB of pages, which at the default
+# spill into the log before the commit. Other transactions keep the default.
+WRITER_CACHE_KIB = 65536
+_DEFAULT_CACHE_KIB = 2000
 _PG_TREE_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
 
 
@@ -397,6 +402,9 @@ class SqlBucketStore(BucketStore):
                 if self.dialect == "postgresql":
                     # SQLite's BEGIN IMMEDIATE is the writer lock there.
                     conn.execute(_PG_TREE_LOCK, {"name": f"otrace-oram:{tree_id}"})
+                else:
+                    # Back to the default when the connection returns to the pool.
+                    conn.exec_driver_sql(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
                 yield _SqlTreeTransaction(self, conn, tree_id)
         except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
             raise StorageError(f"ORAM tree {tree_id!r}: storage transaction failed: {exc}") from exc
@@ -434,6 +442,11 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         # checkpoint copies the rest and restarts the log.
         cur.execute(f"PRAGMA wal_autocheckpoint={WRITER_PAGES}")
         cur.close()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn: Any, _record: Any) -> None:
+        if dbapi_conn is not None:  # None once invalidated
+            dbapi_conn.execute(f"PRAGMA cache_size=-{_DEFAULT_CACHE_KIB}")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -40,6 +40,9 @@ top C tree levels cached in memory:
                    read()/write() call each, on a batch_size=1 tree
   otrace batched   the same number of accesses issued as access_batch()
                    calls of K distinct blocks on a batch_size=K tree
+  otrace grouped   the same, G batches committed together (grouped(), as
+                   ingest writes an epoch); it takes half of each round's
+                   batches, otrace batched the other half
                    (both with a monotonic counter, as `otrace serve` runs:
                    written after every commit, fsync'ed every 64 commits)
   PyORAM           pyoram's PathORAM on file storage, same N, B, C and the
@@ -63,9 +66,9 @@ Figures:
   ms/op       wall time per logical access
   x PyORAM    ops/s divided by PyORAM's ops/s (higher is better)
   x floor     ms/op divided by the ms/op of the floor with the same
-              pattern (batched otrace: the batched floor; the others: the
-              single-access floor): how far the variant is from what the
-              storage alone costs (1.00x is the floor itself)
+              pattern (batched and grouped otrace: the batched floor; the
+              others: the single-access floor): how far the variant is from
+              what the storage alone costs (1.00x is the floor itself)
   init        seconds to build and open the empty single-access tree
   peak RSS    largest resident memory of the process (whole run, during
               init, and during the otrace variants only)
@@ -103,6 +106,7 @@ _register()
 @click.option("--accesses", default=2000, show_default=True, help="A: accesses per variant.")
 @click.option("--batch", default=64, show_default=True, help="K: distinct blocks per batch.")
 @click.option("--cache-levels", default=6, show_default=True, help="C: top tree levels cached.")
+@click.option("--group", default=8, show_default=True, help="G: batches a commit, grouped variant.")
 @click.option(
     "--json",
     "json_path",
@@ -123,6 +127,7 @@ def oram_command(
     accesses: int,
     batch: int,
     cache_levels: int,
+    group: int,
     json_path: Path | None,
     work_dir: Path | None,
     skip_pyoram: bool,
@@ -133,6 +138,7 @@ def oram_command(
         accesses=accesses,
         batch=batch,
         cache_levels=cache_levels,
+        group=group,
         skip_pyoram=skip_pyoram,
     )
     config.params("bench")  # reject a bad geometry before any work starts

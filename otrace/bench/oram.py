@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +79,7 @@ class OramBenchConfig:
     accesses: int = 2000
     batch: int = 64
     cache_levels: int = 6
+    group: int = 8  # batches a commit in the grouped variant (`PathOram.grouped`)
     skip_pyoram: bool = False
     seed: int | None = None  # None: a fresh random workload each run
 
@@ -89,6 +90,8 @@ class OramBenchConfig:
             raise ConfigError(
                 f"--batch must be 1..{self.blocks} (distinct blocks per batch), got {self.batch}"
             )
+        if self.group < 1:
+            raise ConfigError(f"--group must be at least 1, got {self.group}")
         if self.cache_levels < 0:
             raise ConfigError(f"--cache-levels must be >= 0, got {self.cache_levels}")
 
@@ -154,6 +157,7 @@ class OramBenchReport:
     height: int
     single: OtraceRun
     batched: OtraceRun
+    grouped: VariantResult  # batches of K, `group` a commit, alternating with `batched`
     floor: FloorRun
     pyoram: PyOramRun | None
     otrace_peak_rss_mib: float
@@ -161,7 +165,7 @@ class OramBenchReport:
 
     @property
     def variants(self) -> list[VariantResult]:
-        found = [self.single.result, self.batched.result]
+        found = [self.single.result, self.batched.result, self.grouped]
         if self.pyoram is not None:
             found += [self.pyoram.result, self.pyoram.durable]
         return [*found, self.floor.single, self.floor.batched]
@@ -174,7 +178,7 @@ class OramBenchReport:
 
     def floor_for(self, variant: VariantResult) -> VariantResult:
         """The floor with the same access pattern: batched for batched otrace, else single."""
-        if variant in (self.batched.result, self.floor.batched):
+        if variant in (self.batched.result, self.grouped, self.floor.batched):
             return self.floor.batched
         return self.floor.single
 
@@ -188,6 +192,8 @@ class OramBenchReport:
         return {
             "otrace_single_ops_per_s": self.single.result.ops_per_s,
             "otrace_batched_ops_per_s": self.batched.result.ops_per_s,
+            "otrace_grouped_ops_per_s": self.grouped.ops_per_s,
+            "grouped_vs_batched": self.grouped.ops_per_s / self.batched.result.ops_per_s,
             "pyoram_ops_per_s": None if py is None else py.result.ops_per_s,
             "pyoram_fsync_ops_per_s": None if py is None else py.durable.ops_per_s,
             "floor_ops_per_s": self.floor.single.ops_per_s,
@@ -212,6 +218,7 @@ class OramBenchReport:
             "block_size": c.block_size,
             "accesses": c.accesses,
             "batch": c.batch,
+            "group": c.group,
             "cache_levels": c.cache_levels,
         }
 
@@ -234,7 +241,7 @@ def run_oram_bench(
         single, floor_single = measure_otrace_single(
             config, workdir, workload, payload, floor, progress, meter
         )
-        batched, floor_batched = measure_otrace_batched(
+        batched, grouped, floor_batched = measure_otrace_batched(
             config, workdir, rng, payload, floor, progress, meter
         )
     floor_run = FloorRun(floor_single, floor_batched, load_s)
@@ -250,6 +257,7 @@ def run_oram_bench(
         height=config.params(_SINGLE_TREE).height,
         single=single,
         batched=batched,
+        grouped=grouped,
         floor=floor_run,
         pyoram=pyoram,
         otrace_peak_rss_mib=otrace_peak,
@@ -315,10 +323,12 @@ def measure_otrace_batched(
     floor: FloorPattern,
     progress: ProgressCallback | None = None,
     meter: RssMeter | None = None,
-) -> tuple[OtraceRun, VariantResult]:
-    """otrace with batch_size=K (`access_batch` calls of K distinct random blocks), its floor.
+) -> tuple[OtraceRun, VariantResult, VariantResult]:
+    """otrace with batch_size=K (`access_batch` calls of K distinct random blocks), the
+    same with `group` batches a commit (`grouped`), and their floor.
 
-    Alternating with the floor in rounds, as `measure_otrace_single`.
+    Alternating with the floor in rounds, as `measure_otrace_single`; within a round
+    half the batches commit one by one and half in groups, which goes first in turn.
     """
     phase = f"otrace batched (K={config.batch})"
     batches = _batched_workload(rng, config, payload)
@@ -332,23 +342,37 @@ def measure_otrace_batched(
         settle(temp.store)
         settle(floor.store)
         tick = Ticker(progress, f"{phase} and its floor: accesses", config.accesses)
-        done = 0
-        seconds = floor_seconds = 0.0
-        per_round = max(1, _round(config.accesses) // config.batch)
+        done = alone = together = 0
+        seconds = grouped_s = floor_seconds = 0.0
+        per_round = max(2, _round(config.accesses) // config.batch)
         for start in range(0, len(batches), per_round):
             chunk = batches[start : start + per_round]
-            began = time.perf_counter()
-            for ops in chunk:
-                oram.access_batch(ops)
-            seconds += time.perf_counter() - began
+            half = len(chunk) // 2
+            parts = [(chunk[:half], 1), (chunk[half:], config.group)]
+            for part, group in parts if start // per_round % 2 else parts[::-1]:
+                began = time.perf_counter()
+                for first in range(0, len(part), group):
+                    with oram.grouped() if group > 1 else nullcontext():
+                        for ops in part[first : first + group]:
+                            oram.access_batch(ops)
+                elapsed = time.perf_counter() - began
+                if group > 1:
+                    grouped_s += elapsed
+                    together += sum(map(len, part))
+                else:
+                    seconds += elapsed
+                    alone += sum(map(len, part))
             accesses = sum(map(len, chunk))
             floor_seconds += floor.time(accesses, config.batch)
             done += accesses
             tick(done)
-        result = VariantResult(phase, config.accesses, seconds)
+        result = VariantResult(phase, alone, seconds)
+        grouped = VariantResult(
+            f"otrace grouped (K={config.batch}, {config.group} a commit)", together, grouped_s
+        )
         run = OtraceRun(result, init_s, init_rss, temp.size_mib(), oram.stats.stash_peak)
     floor_name = f"storage floor (K={config.batch})"
-    return run, VariantResult(floor_name, config.accesses, floor_seconds)
+    return run, grouped, VariantResult(floor_name, config.accesses, floor_seconds)
 
 
 def _round(accesses: int) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import event
 
 from collector import Node
 from collector._builder import BuiltEpoch, EpochBuilder, InlineBuilder, ProcessBuilder
@@ -299,11 +300,11 @@ def test_a_failed_commit_drops_the_epochs_built_ahead_and_loses_nothing(
 def test_an_epoch_left_half_written_resumes_where_it_stopped(
     tmp_path: Path, fail_at: int, parallel: int
 ) -> None:
-    # One block per ORAM batch and epochs of several blocks: the failure stops an epoch
-    # between its batches (`pending`), with epochs built ahead still queued behind it.
+    # One block per ORAM batch and commit, and epochs of several blocks: the failure stops
+    # an epoch between its commits (`pending`), with epochs built ahead queued behind it.
     indexer = Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2)
     builder = (SideBySide if parallel == 3 else InlineBuilder)(indexer, 4096)
-    engine = _engine(tmp_path, builder, batch=1, max_epoch_entries=2)
+    engine = _engine(tmp_path, builder, batch=1, max_epoch_entries=2, batches_per_commit=1)
     engine.device = FailingDevice(engine.device, fail_at)
     traces = [os.urandom(16) for _ in range(6)]
     for i, trace in enumerate(traces):
@@ -318,6 +319,47 @@ def test_an_epoch_left_half_written_resumes_where_it_stopped(
     again = _engine(tmp_path, batch=1)  # and after a restart from what was committed
     assert sorted(_stored(again).values()) == [1] * 900
     _assert_index_consistent(again)
+
+
+@pytest.mark.parametrize("fail_at", [None, 2, 5])
+def test_an_epochs_batches_commit_in_groups_and_a_failed_group_is_undone_whole(
+    tmp_path: Path, fail_at: int | None
+) -> None:
+    # One block per ORAM batch, three batches per commit, one epoch of many blocks.
+    engine = _engine(tmp_path, batch=1, max_epoch_entries=6, batches_per_commit=3)
+    at_commit: list[int] = []  # the ORAM's commit number as each transaction commits
+    event.listen(
+        engine.device.store.engine,  # type: ignore[attr-defined]
+        "commit",
+        lambda _conn: at_commit.append(engine.device.seq),
+    )
+    if fail_at is not None:
+        engine.device = FailingDevice(engine.device, fail_at)
+    traces = [os.urandom(16) for _ in range(6)]
+    for i, trace in enumerate(traces):
+        body = request(150, f"svc-{i % 3}", trace_id=trace).SerializeToString()
+        assert engine.ingest([(PROTOBUF, body)])[0].ok
+    if fail_at is not None:
+        with pytest.raises(StorageError, match="injected"):
+            engine.drain_all()
+        # The failed group left nothing, in storage or in the engine: the epoch stands
+        # where the last group committed (after 3 of its blocks, or before it began).
+        done = 3 * ((fail_at - 1) // 3)
+        assert engine.device.seq == done == (at_commit[-1] if at_commit else 0)
+        assert engine.state.pending == (None if done == 0 else (1, 6, done, 0))
+    engine.drain_all()
+    blocks = engine.state.next_block
+    assert blocks >= 7
+    first = at_commit[0]
+    groups = [b - a for a, b in zip([0, *at_commit], at_commit, strict=False)]
+    # The epoch's batches in groups of 3 (its last group smaller), then one maintenance
+    # commit per padding read.
+    assert first == 3 and groups[: blocks // 3] == [3] * (blocks // 3)
+    assert all(g <= 3 for g in groups)
+    _assert_found(engine, Indexer(INDEX_KEY, EdbCodec(EDB_KEY), fanout=2), traces, 150)
+    engine.journal.close()
+    again = _engine(tmp_path, batch=1)
+    assert sorted(_stored(again).values()) == [1] * 900
 
 
 def _assert_found(engine: IngestEngine, indexer: Indexer, traces: list[bytes], spans: int) -> None:

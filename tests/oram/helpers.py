@@ -108,11 +108,12 @@ def new_oram(
     cache_levels: int = 2,
     seed: int | None = 1,
     counter: MemoryCounter | None = None,
+    tree_id: str = "t",
     **params: int,
 ) -> PathOram:
     return PathOram.create(
         store,
-        OramParams("t", blocks=blocks, block_size=block_size, batch_size=batch_size, **params),
+        OramParams(tree_id, blocks=blocks, block_size=block_size, batch_size=batch_size, **params),
         key=KEY,
         sealer=Sealer.from_key(STATE_KEY),
         counter=counter,

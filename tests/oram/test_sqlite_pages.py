@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 from oram_store import DEFAULT_BLOCK_SIZE, OramParams, PathOram, SqlBucketStore, Write
+from oram_store._store import WRITER_CACHE_KIB
 from tee import Sealer
 
 from .helpers import KEY, STATE_KEY, MemoryCounter
@@ -60,3 +61,22 @@ def test_a_default_bucket_row_is_one_page_and_a_larger_one_two(tmp_path: Path) -
     spills, spills_pages, _ = _frames_per_bucket(tmp_path / "b.db", 4060)
     assert spills > 1.5
     assert spills_pages > fits_pages + buckets // 10
+
+
+def test_a_tree_transaction_gets_a_large_page_cache_and_gives_it_back(tmp_path: Path) -> None:
+    # A group of ingest batches must not spill its pages into the log before its
+    # commit; readers sharing the pool keep SQLite's default cache.
+    store = SqlBucketStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    try:
+        PathOram.create(
+            store,
+            OramParams("t", blocks=64, block_size=64),
+            key=KEY,
+            sealer=Sealer.from_key(STATE_KEY),
+        )
+        with store.transaction("t") as txn:
+            raw = txn.connection.connection.driver_connection  # type: ignore[attr-defined]
+            assert raw.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
+        assert raw.execute("PRAGMA cache_size").fetchone()[0] == -2000  # back in the pool
+    finally:
+        store.close()
