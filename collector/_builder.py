@@ -85,8 +85,9 @@ def build_epoch(
     if not packed:
         return BuiltEpoch(first, last, [], 0, None, [], frozenset())
     operations = frozenset(r.operation for r in records)
-    epoch = EpochSpans(
-        blocks=[(i, set().union(*(r.keywords for r in b.records))) for i, b in enumerate(packed)],
+    epoch = EpochSpans.of(
+        0,
+        [[r.keywords for r in b.records] for b in packed],
         t_min=min(r.start_ns for r in records),
         t_max=max(r.start_ns for r in records),
         spans=len({(r.trace_id, r.span_id) for r in records}),

@@ -467,6 +467,113 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------ epochs */
+
+/* Appends block `index` to what `seen` holds for `word`: an int while the keyword is
+ * in one block (most are: ids), a list of ints once it is in more. Blocks come in
+ * ascending order and each uses one `index` object, so a repeat within the block is
+ * the list's last item, by identity. */
+static int note_keyword(PyObject *seen, PyObject *word, PyObject *index) {
+    if (!PyUnicode_CheckExact(word)) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be str");
+        return -1;
+    }
+    PyObject *held = PyDict_GetItemWithError(seen, word); /* borrowed */
+    if (held == NULL) return PyErr_Occurred() ? -1 : PyDict_SetItem(seen, word, index);
+    if (held == index) return 0;
+    if (PyList_CheckExact(held)) {
+        Py_ssize_t n = PyList_GET_SIZE(held);
+        return PyList_GET_ITEM(held, n - 1) == index ? 0 : PyList_Append(held, index);
+    }
+    PyObject *list = PyList_New(2);
+    if (list == NULL) return -1;
+    Py_INCREF(held);
+    Py_INCREF(index);
+    PyList_SET_ITEM(list, 0, held);
+    PyList_SET_ITEM(list, 1, index);
+    int failed = PyDict_SetItem(seen, word, list);
+    Py_DECREF(list);
+    return failed;
+}
+
+static int note_block(PyObject *seen, PyObject *records, Py_ssize_t i) {
+    PyObject *fast = PySequence_Fast(records, "a block's records must be a sequence");
+    if (fast == NULL) return -1;
+    PyObject *index = PyLong_FromSsize_t(i);
+    int failed = index == NULL;
+    for (Py_ssize_t r = 0; !failed && r < PySequence_Fast_GET_SIZE(fast); r++) {
+        PyObject *words = PySequence_Fast(PySequence_Fast_GET_ITEM(fast, r),
+                                          "a record's keywords must be a sequence");
+        if (words == NULL) {
+            failed = 1;
+            break;
+        }
+        for (Py_ssize_t w = 0; !failed && w < PySequence_Fast_GET_SIZE(words); w++)
+            failed = note_keyword(seen, PySequence_Fast_GET_ITEM(words, w), index) < 0;
+        Py_DECREF(words);
+    }
+    Py_XDECREF(index);
+    Py_DECREF(fast);
+    return failed ? -1 : 0;
+}
+
+/* The encoded postings of what `note_keyword` held; one-block postings are made once
+ * per block and shared (`single`). */
+static PyObject *postings_of(PyObject *held, PyObject **single, Numbers *scratch) {
+    scratch->len = 0;
+    if (PyLong_CheckExact(held)) {
+        Py_ssize_t b = PyLong_AsSsize_t(held);
+        if (single[b] == NULL) {
+            if (add_number(scratch, (uint64_t)b) < 0) return NULL;
+            single[b] = encoded(scratch);
+            if (single[b] == NULL) return NULL;
+        }
+        Py_INCREF(single[b]);
+        return single[b];
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++)
+        if (add_number(scratch, (uint64_t)PyLong_AsSsize_t(PyList_GET_ITEM(held, i))) < 0)
+            return NULL;
+    return encoded(scratch);
+}
+
+static PyObject *keyword_postings(PyObject *Py_UNUSED(module), PyObject *arg) {
+    PyObject *blocks = PySequence_Fast(arg, "blocks must be a sequence");
+    if (blocks == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(blocks);
+    PyObject *seen = PyDict_New(), *out = NULL;
+    PyObject **single = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
+    Numbers scratch = {NULL, 0, 0};
+    if (seen == NULL || single == NULL) {
+        if (single == NULL) PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (note_block(seen, PySequence_Fast_GET_ITEM(blocks, i), i) < 0) goto done;
+    out = PyList_New(PyDict_GET_SIZE(seen));
+    if (out == NULL) goto done;
+    Py_ssize_t pos = 0, k = 0;
+    PyObject *word, *held;
+    while (PyDict_Next(seen, &pos, &word, &held)) { /* insertion order: first seen */
+        PyObject *raw = postings_of(held, single, &scratch);
+        PyObject *pair = raw == NULL ? NULL : PyTuple_Pack(2, word, raw);
+        Py_XDECREF(raw);
+        if (pair == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k++, pair);
+    }
+done:
+    if (single != NULL)
+        for (Py_ssize_t i = 0; i < count; i++) Py_XDECREF(single[i]);
+    PyMem_Free(single);
+    PyMem_Free(scratch.at);
+    Py_XDECREF(seen);
+    Py_DECREF(blocks);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"bucket_entries", bucket_entries, METH_O,
      "bucket_entries(body) -> [(trapdoor, postings)]: a decrypted bucket's entries."},
@@ -476,6 +583,10 @@ static PyMethodDef methods[] = {
     {"pack_buckets", pack_buckets, METH_VARARGS,
      "pack_buckets(entries, locators, count, min_value) -> [body]: the `count` bucket "
      "bodies, entry i in bucket (little-endian u64 of locators[16i:16i+8]) mod count."},
+    {"keyword_postings", keyword_postings, METH_O,
+     "keyword_postings(blocks) -> [(keyword, postings)]: blocks[i] holds the keyword "
+     "sequences of block i's records; every keyword once, in first-seen order, with the "
+     "encoded set of the block numbers (0..) it is in."},
     {NULL, NULL, 0, NULL},
 };
 

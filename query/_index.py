@@ -20,16 +20,14 @@ generation and digest to the ORAM commit.
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import cbor2
 
 from otrace.errors import IntegrityError
-from query._buckets import merge_postings
+from query._buckets import keyword_postings, merge_postings
 from query._edb import EdbCodec, EdbRow, RawEntry, bucket_count
-from query._postings import BlockSet
 from query._trapdoor import Locator, Trapdoors
 
 __all__ = ["IndexState", "Indexer", "MaintenancePlan", "Segment", "decode_index", "encode_index"]
@@ -74,13 +72,33 @@ class IndexState:
 
 @dataclass(frozen=True, slots=True)
 class EpochSpans:
-    """What one epoch adds to the index: keywords per absolute block, and span facts."""
+    """What one epoch adds to the index: its blocks' keywords, and span facts."""
 
-    blocks: Sequence[tuple[int, Iterable[str]]]
+    first_block: int
+    block_count: int
+    # Every keyword once, with the encoded set of its blocks counted from `first_block`.
+    postings: Sequence[tuple[str, bytes]]
     t_min: int
     t_max: int
     spans: int
     operations: Iterable[tuple[str, str]]  # (service, span name)
+
+    @classmethod
+    def of(
+        cls,
+        first_block: int,
+        keywords: Sequence[Sequence[Sequence[str]]],
+        *,
+        t_min: int,
+        t_max: int,
+        spans: int,
+        operations: Iterable[tuple[str, str]],
+    ) -> EpochSpans:
+        """From the keywords of each record (`keywords[i][j]`: record j of block
+        `first_block + i`); inverted in C, ~12 keywords a span being the builder's
+        largest loop in Python."""
+        postings = keyword_postings(keywords)
+        return cls(first_block, len(keywords), postings, t_min, t_max, spans, operations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,30 +159,20 @@ class Indexer:
         epoch builder runs it while the previous epoch is still being written; and its rows
         do not depend on where the epoch's blocks start (postings count from the segment's
         first block), so epochs are built side by side before their place is known."""
-        first = min(b for b, _ in epoch.blocks)
-        postings: defaultdict[str, list[int]] = defaultdict(list)
-        for block, words in epoch.blocks:
-            relative = block - first
-            for word in words:
-                postings[word].append(relative)
         # Not through the cache: an epoch computes each keyword's trapdoor once, and most
         # keywords (ids) are never seen again.
         trapdoor = self._trapdoor_for
-        # Most keywords (ids) are in one block: their lists are shared per block.
-        single: dict[int, bytes] = {}
-        entries = []
-        for word, blocks in postings.items():
-            if len(blocks) == 1:
-                raw = single.get(blocks[0])
-                if raw is None:
-                    raw = single[blocks[0]] = BlockSet.encode_sorted(blocks)
-            else:
-                raw = BlockSet.encode_sorted(blocks)
-            entries.append((trapdoor(word), raw))
-        rows = self._rows(seg_id, entries)
-        last = max(b for b, _ in epoch.blocks)
+        rows = self._rows(seg_id, [(trapdoor(word), raw) for word, raw in epoch.postings])
+        first = epoch.first_block
         segment = Segment(
-            seg_id, 0, epoch.t_min, epoch.t_max, first, last + 1, epoch.spans, len(rows)
+            seg_id,
+            0,
+            epoch.t_min,
+            epoch.t_max,
+            first,
+            first + epoch.block_count,
+            epoch.spans,
+            len(rows),
         )
         return segment, rows
 

@@ -18,7 +18,7 @@ unites the encoded lists, and is tested against this module.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from otrace.errors import IntegrityError
@@ -140,14 +140,6 @@ class BlockSet:
                 + self.mask.to_bytes((width + 7) // 8, "little")
             )
         return _varint_list(self.blocks())
-
-    @staticmethod
-    def encode_sorted(blocks: Sequence[int]) -> bytes:
-        """`BlockSet.of(blocks).encode()` for ascending distinct numbers, without building
-        the mask of a sparse list (ingest encodes ~3.5 one-block id lists per span)."""
-        if len(blocks) < 2 or blocks[-1] - blocks[0] >= _BITMAP_BITS_PER_BLOCK * len(blocks):
-            return _varint_list(blocks)
-        return BlockSet.of(blocks).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> BlockSet:

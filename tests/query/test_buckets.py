@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from query._buckets import bucket_entries, merge_postings, pack_buckets
+from query._buckets import bucket_entries, keyword_postings, merge_postings, pack_buckets
 from query._edb import MIN_VALUE
 from query._postings import BlockSet
 from query._trapdoor import Locator
@@ -124,3 +124,34 @@ def test_packing_arguments_are_checked() -> None:
         pack_buckets(entry, bytes(16), 1, 100)
     with pytest.raises(TypeError, match="32-byte trapdoor"):
         pack_buckets([(b"short", b"\x00")], bytes(16), 1, MIN_VALUE)
+
+
+WORDS = st.sampled_from([f"svc:{i}" for i in range(6)] + ["trace:é", "name:x", ""])
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.lists(st.lists(WORDS, max_size=5), max_size=4), max_size=40))
+def test_an_epochs_keywords_are_inverted_into_the_postings_blockset_would_encode(
+    blocks: list[list[list[str]]],
+) -> None:
+    expected: dict[str, list[int]] = {}
+    for i, records in enumerate(blocks):
+        for words in records:
+            for word in words:
+                seen = expected.setdefault(word, [])
+                if not seen or seen[-1] != i:
+                    seen.append(i)
+    got = keyword_postings([[tuple(w) for w in records] for records in blocks])
+    assert [word for word, _ in got] == list(expected)  # each once, first-seen order
+    for word, raw in got:
+        assert raw == BlockSet.of(expected[word]).encode()  # byte for byte
+
+
+def test_keyword_postings_refuses_what_is_not_keywords() -> None:
+    with pytest.raises(TypeError, match="keywords must be str"):
+        keyword_postings([[("a", b"b")]])
+    with pytest.raises(TypeError, match="a record's keywords must be a sequence"):
+        keyword_postings([[5]])
+    with pytest.raises(TypeError, match="blocks must be a sequence"):
+        keyword_postings(5)  # type: ignore[arg-type]
+    assert keyword_postings([]) == [] and keyword_postings([[], [()]]) == []

@@ -29,8 +29,9 @@ def _indexer(**kw: int) -> Indexer:
 
 
 def _epoch(first_block: int, t: int, service: str = "a") -> EpochSpans:
-    return EpochSpans(
-        blocks=[(first_block, {f"svc:{service}", "name:x"}), (first_block + 1, {"name:y"})],
+    return EpochSpans.of(
+        first_block,
+        [[(f"svc:{service}", "name:x")], [("name:y",)]],
         t_min=t,
         t_max=t + 1,
         spans=3,
@@ -115,7 +116,7 @@ def test_a_merge_refuses_rows_the_storage_altered_or_a_layout_it_cannot_read() -
 def test_many_keywords_spread_over_power_of_two_buckets() -> None:
     ix = _indexer()
     words = {f"attr:request.id={i}" for i in range(1000)}
-    epoch = EpochSpans([(0, words)], t_min=1, t_max=1, spans=1000, operations=())
+    epoch = EpochSpans.of(0, [[tuple(words)]], t_min=1, t_max=1, spans=1000, operations=())
     state, rows = ix.add_epoch(IndexState(), epoch)
     assert state.segments[0].rows == len(rows) == 32
     sizes = [len(ix.codec.open(r)) for r in rows]

@@ -19,7 +19,6 @@ def test_encodings_round_trip(numbers: set[int]) -> None:
     s = BlockSet.of(numbers)
     assert BlockSet.decode(s.encode()).blocks() == sorted(numbers)
     assert len(s) == len(numbers)
-    assert BlockSet.encode_sorted(sorted(numbers)) == s.encode()
 
 
 def test_dense_lists_are_bitmaps_and_sparse_lists_are_varints() -> None:
