@@ -9,6 +9,7 @@ it reads back.
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -445,8 +446,12 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(dbapi_conn: Any, _record: Any) -> None:
-        if dbapi_conn is not None:  # None once invalidated
+        if dbapi_conn is None:  # invalidated
+            return
+        try:
             dbapi_conn.execute(f"PRAGMA cache_size=-{_DEFAULT_CACHE_KIB}")
+        except sqlite3.Error:
+            pass  # a broken connection is discarded by the pool; its error is reported there
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
